@@ -1,0 +1,242 @@
+"""The mesh's language: subjects, stream and consumer names, the messages that travel on them, workflow states.
+
+Gateway, actors, tests, ops tools and internal consumers import this module; nobody spells a subject twice.
+It imports nothing of the project. Every message is a ``msgspec.Struct`` encoded as JSON, so an operator can
+read and send them with the NATS CLI (``nats req index.stats '{"model":"efficientnet_lite0"}'``).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, TypeVar
+
+import msgspec
+
+# --- JetStream --------------------------------------------------------------------------------------------
+JOBS_SUBJECT = "images.jobs.process"  # one durable job per accepted image
+DEAD_SUBJECT = "images.jobs.dead"  # jobs that ran out of deliveries or failed permanently
+JOBS_SUBJECTS = "images.jobs.>"  # what the work stream captures
+EVENTS_PREFIX = "images.events"  # images.events.<status>
+EVENTS_SUBJECTS = "images.events.>"
+
+# --- services (NATS micro; request/reply) ----------------------------------------------------------------
+CONFIG_SERVICE = "config"
+CONFIG_GET = "config.get"
+CONFIG_SET = "config.set"
+
+INDEXER_SERVICE = "indexer"
+INDEX_UPSERT = "index.upsert"
+INDEX_QUERY = "index.query"
+INDEX_DELETE = "index.delete"
+INDEX_STATS = "index.stats"
+
+COORDINATOR_SERVICE = "coordinator"
+COORDINATOR_STATUS = "coordinator.status"
+COORDINATOR_REPROCESS = "coordinator.reprocess"
+
+# --- headers ----------------------------------------------------------------------------------------------
+TRACE_HEADER = "Mesh-Trace-Id"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class Status(enum.StrEnum):
+    """The seed's workflow states, in the order an image goes through them."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    EMBEDDED = "embedded"
+    INDEXED = "indexed"
+    DONE = "done"
+    ERROR = "error"
+
+
+TERMINAL = frozenset({Status.DONE, Status.ERROR})
+
+
+def event_subject(status: Status | str) -> str:
+    """The subject an image's state change is published on."""
+    return f"{EVENTS_PREFIX}.{Status(status).value}"
+
+
+def job_msg_id(image_id: str, attempt: int = 0) -> str:
+    """The JetStream de-duplication id of a job; a replay bumps ``attempt`` so it is not dropped."""
+    return f"{image_id}:{attempt}"
+
+
+def now() -> float:
+    return time.time()
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=False):
+    """Base of every message: unknown fields are ignored so that fields can be added without breaking readers."""
+
+
+# --- jobs -------------------------------------------------------------------------------------------------
+class ProcessJob(Struct, kw_only=True):
+    """Durable work: turn one stored image into an indexed vector (published on ``images.jobs.process``)."""
+
+    image_id: str
+    object_key: str
+    sha256: str
+    trace_id: str = ""
+    attempt: int = 0  # bumped by a replay; part of the de-duplication id
+    models: list[str] = []  # models to embed with; empty means the active model
+
+
+class DeadLetter(Struct, kw_only=True):
+    """A job the coordinator gave up on (published on ``images.jobs.dead``); replayable by ``ops replay``."""
+
+    job: ProcessJob
+    code: str
+    reason: str
+    deliveries: int
+    at: float = msgspec.field(default_factory=now)
+
+
+class ErrorInfo(Struct, kw_only=True):
+    """Why an image ended in ``error``."""
+
+    code: str
+    message: str
+
+
+class ImageEvent(Struct, kw_only=True):
+    """An image's state change, published on ``images.events.<status>`` (stream ``IMAGE_EVENTS``)."""
+
+    image_id: str
+    status: Status
+    at: float
+    trace_id: str = ""
+    model: str | None = None
+    error: ErrorInfo | None = None
+    detail: dict[str, Any] = {}
+
+
+# --- config service ---------------------------------------------------------------------------------------
+class MeshConfig(Struct, kw_only=True):
+    """The runtime configuration (the Config DB). One NATS KV key per field, seeded from settings."""
+
+    active_model: str = "efficientnet_lite0"
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    default_k: int = 10
+    max_k: int = 100
+    coordinator_concurrency: int = 8
+    max_deliver: int = 5
+    backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    ef_runtime: int = 200
+    near_duplicate_threshold: float = 0.9
+    pipeline_steps: list[str] = []  # extension steps run after embedding (e.g. "exif", "moderation")
+
+
+class ConfigGet(Struct, kw_only=True):
+    """Request on ``config.get``; the reply is a ``MeshConfig``."""
+
+
+class ConfigSet(Struct, kw_only=True):
+    """Request on ``config.set``: set one field; the reply is the new ``MeshConfig`` or a service error."""
+
+    key: str
+    value: Any
+
+
+# --- indexer service --------------------------------------------------------------------------------------
+class UpsertRequest(Struct, kw_only=True):
+    """Request on ``index.upsert``: store (or replace) one image's vector in the model's index."""
+
+    model: str
+    image_id: str
+    vector: list[float]
+    tags: dict[str, str] = {}
+
+
+class UpsertReply(Struct, kw_only=True):
+    model: str
+    image_id: str
+    created: bool  # false when the image already had a vector (a redelivered job)
+
+
+class QueryRequest(Struct, kw_only=True):
+    """Request on ``index.query``: the k nearest images to a vector, best first."""
+
+    model: str
+    vector: list[float]
+    k: int = 10
+    offset: int = 0
+    exclude_id: str | None = None
+    filters: dict[str, str] = {}
+
+
+class Hit(Struct, kw_only=True):
+    image_id: str
+    score: float  # cosine similarity
+
+
+class QueryReply(Struct, kw_only=True):
+    model: str
+    results: list[Hit]
+
+
+class DeleteRequest(Struct, kw_only=True):
+    """Request on ``index.delete``: remove an image from one model's index (or every index when model is None)."""
+
+    image_id: str
+    model: str | None = None
+
+
+class DeleteReply(Struct, kw_only=True):
+    deleted: int
+
+
+class StatsRequest(Struct, kw_only=True):
+    """Request on ``index.stats``."""
+
+    model: str
+
+
+class IndexStats(Struct, kw_only=True):
+    model: str
+    index: str
+    exists: bool
+    num_docs: int = 0
+    percent_indexed: float = 0.0
+    dim: int = 0
+
+
+# --- coordinator service ----------------------------------------------------------------------------------
+class CoordinatorStatusRequest(Struct, kw_only=True):
+    """Request on ``coordinator.status``."""
+
+
+class CoordinatorStatus(Struct, kw_only=True):
+    in_flight: int
+    processed: int
+    failed: int
+    pending: int  # JetStream consumer's pending messages
+
+
+class ReprocessRequest(Struct, kw_only=True):
+    """Request on ``coordinator.reprocess``: publish the jobs of these images again (or every errored one)."""
+
+    image_ids: list[str] = []
+    all_errored: bool = False
+
+
+class ReprocessReply(Struct, kw_only=True):
+    requeued: list[str]
+
+
+T = TypeVar("T")
+
+
+# --- codec ------------------------------------------------------------------------------------------------
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    return msgspec.json.decode(data, type=kind)

@@ -1,0 +1,47 @@
+"""Typed request/reply over NATS: encode a contract message, decode the reply, turn service errors into types."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError, TimeoutError
+from nats.micro.request import ServiceError
+
+from actors import contract
+from actors.errors import PermanentError, RetryableError, ServiceCallError
+
+T = TypeVar("T")
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+
+
+async def call(nc: Client, subject: str, request: msgspec.Struct, reply_type: type[T], timeout: float = 5.0) -> T:
+    """Send ``request`` to a mesh service and decode its reply.
+
+    Raises ``RetryableError`` when nobody answers in time (the service is down or restarting) and
+    ``ServiceCallError`` when the service answered with an error.
+    """
+    headers = None
+    try:
+        msg = await nc.request(subject, contract.encode(request), timeout=timeout, headers=headers)
+    except NoRespondersError as e:
+        raise RetryableError(f"no service answers on {subject}") from e
+    except TimeoutError as e:
+        raise RetryableError(f"{subject} timed out after {timeout}s") from e
+    if msg.headers and ERROR_CODE_HEADER in msg.headers:
+        raise ServiceCallError(subject, msg.headers[ERROR_CODE_HEADER], msg.headers.get(ERROR_HEADER, ""))
+    return contract.decode(msg.data, reply_type)
+
+
+def service_error(exc: Exception) -> ServiceError:
+    """What a micro-service handler answers for an exception: 400 for bad requests, 503 when retryable."""
+    if isinstance(exc, msgspec.ValidationError | msgspec.DecodeError):
+        return ServiceError("400", f"bad request: {exc}")
+    if isinstance(exc, RetryableError):
+        return ServiceError("503", exc.message)
+    if isinstance(exc, PermanentError):
+        return ServiceError("404" if exc.code == "not_found" else "400", exc.message)
+    return ServiceError("500", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,77 @@
+"""The JetStream layout of the mesh: the work stream, the events stream and the coordinator's durable consumer.
+
+Created idempotently by the stack's bootstrap (``ops`` user) and by tests; the coordinator re-asserts its
+consumer at start. Retention is ``limits`` (not work-queue) so that operators can replay past jobs.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from actors import contract
+from actors.settings import Settings
+
+JOBS_MAX_AGE_S = 30 * 24 * 3600  # a month of replayable jobs
+EVENTS_MAX_AGE_S = 7 * 24 * 3600
+DUPLICATE_WINDOW_S = 24 * 3600  # a job published twice within a day is dropped by Nats-Msg-Id
+
+
+def jobs_stream(s: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=s.stream,
+        subjects=[contract.JOBS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=JOBS_MAX_AGE_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def events_stream(s: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=s.events_stream,
+        subjects=[contract.EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def coordinator_consumer(s: Settings, max_deliver: int, backoff_s: list[float], ack_wait_s: float) -> ConsumerConfig:
+    # JetStream requires max_deliver > len(backoff); the last backoff step repeats
+    backoff = backoff_s[: max(0, max_deliver - 1)] or None
+    return ConsumerConfig(
+        durable_name=s.consumer,
+        filter_subject=contract.JOBS_SUBJECT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        backoff=backoff,
+        max_ack_pending=1000,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    try:
+        await js.add_stream(cfg)
+    except BadRequestError:
+        # exists with other settings: bring it to ours
+        await js.update_stream(cfg)
+
+
+async def ensure_streams(js: JetStreamContext, s: Settings) -> None:
+    await ensure_stream(js, jobs_stream(s))
+    await ensure_stream(js, events_stream(s))
