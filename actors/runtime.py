@@ -11,11 +11,12 @@ An actor module only writes its handlers and its work loop::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -157,7 +158,8 @@ class ActorProcess:
             self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # the actor owns SIGTERM (drain first, then stop HTTP): uvicorn must not capture it
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._server_task = asyncio.create_task(self._server.serve(), name=f"{self.name}-http")
         self.log.info("actor.started", http_port=self.http_port)
         return self
@@ -203,7 +205,7 @@ class ActorProcess:
         self.log.info("actor.stopped")
 
 
-def run(main: Callable[[Settings], Awaitable[Any]], name: str) -> None:
+def run(main: Callable[[Settings], Coroutine[Any, Any, None]], name: str) -> None:
     """Entry point of an actor process: settings, logging, then ``main`` in an event loop."""
     settings = Settings()
     configure_logging(name, settings.log_level)

@@ -1,4 +1,4 @@
-"""``python -m ops.stack run|up|down|ps``: the local mesh on one machine (what ``make run`` and friends call)."""
+"""``python -m ops.stack run|up|down|ps``: the local mesh on one machine (what ``make run`` calls)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 import threading
 
 from actors.settings import Settings
-from ops.stack.bootstrap import bootstrap
 from ops.stack.prepare import prepare
 from ops.stack.supervisor import Stack, StackError
 
@@ -31,16 +30,6 @@ def addresses(s: Settings) -> str:
     )
 
 
-def start(stack: Stack) -> None:
-    s = stack.settings
-    servers = [x for x in stack.services if x.tier == 0]
-    for svc in servers:
-        stack.ctl("start", svc.name)
-    stack.wait_healthy(servers, 180)
-    bootstrap(s)
-    stack.start()  # the servers are already up; this starts the rest tier by tier
-
-
 def cmd_run(stack: Stack) -> int:
     prepare(stack.settings)
     proc = stack.launch_supervisord()
@@ -48,7 +37,7 @@ def cmd_run(stack: Stack) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        start(stack)
+        stack.start()
         print(f"\nimage mesh is up:\n{addresses(stack.settings)}\n\nCtrl-C stops everything.", flush=True)
         while not stop.is_set() and proc.poll() is None:
             stop.wait(1)
@@ -67,7 +56,7 @@ def cmd_up(stack: Stack) -> int:
     if stack.ctl("pid").returncode != 0:
         stack.launch_supervisord()
     try:
-        start(stack)
+        stack.start()
     except StackError as e:
         print(f"stack failed: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from actors.settings import Settings
+from ops.stack.bootstrap import bootstrap
 from ops.stack.services import ROOT, VENV_BIN, Service, all_services
 
 log = structlog.get_logger("stack")
@@ -121,7 +122,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.render())
         env = {**os.environ, **settings_env(self.settings)}
-        out = open(self.log_dir / "supervisord.out", "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.log_dir / "supervisord.out", "ab")
         proc = subprocess.Popen(
             [str(VENV_BIN / "supervisord"), "-c", str(self.conf_path)],
             env=env,
@@ -154,6 +155,8 @@ class Stack:
             self.wait_healthy(group, timeout_s)
             for svc in group:
                 log.info("stack.healthy", service=svc.name)
+            if any(svc.name == "nats" for svc in group):
+                bootstrap(self.settings)  # the streams every later process expects
 
     def start_service(self, name: str, timeout_s: float = 120) -> None:
         self.ctl("start", name)
@@ -232,5 +235,3 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][:1] != "Z"
     except OSError:
         return False
-
-

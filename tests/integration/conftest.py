@@ -9,7 +9,6 @@ import pytest
 
 from actors.runtime import connect_nats
 from actors.settings import Settings
-from ops.stack.bootstrap import bootstrap
 from ops.stack.supervisor import Stack
 from tests.conftest import test_settings
 
@@ -22,7 +21,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.launch_supervisord()
     try:
         stack.start(timeout_s=120)
-        bootstrap(settings)
         yield stack
     finally:
         stack.shutdown()

@@ -1,0 +1,51 @@
+# The image mesh. Quick start: `make run` (install, then the whole stack in the foreground), `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install run up down ps test lint unit chaos bench bench-large clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[servers,models,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: install  ## the whole stack in the foreground; Ctrl-C stops it
+	$(BIN)/python -m ops.stack run
+
+up: install  ## the whole stack in the background; returns once every service is healthy
+	$(BIN)/python -m ops.stack up
+
+down:  ## stop the background stack
+	@test -x $(BIN)/python && $(BIN)/python -m ops.stack down || true
+
+ps:  ## each service and its health (non-zero if any is unhealthy)
+	$(BIN)/python -m ops.stack ps
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint  ## gates, then every test (unit, integration, e2e, reduced chaos and bench)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+chaos: install  ## the full-size fault-injection suite
+	MESH_CHAOS_FULL=1 $(BIN)/python -m pytest tests/chaos -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: install  ## benchmarks against same-run baselines; writes docs/BENCHMARKS.md and var/bench/summary.json
+	$(BIN)/python -m ops.bench
+
+bench-large: install
+	$(BIN)/python -m ops.bench --large
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""The indexer service, as its callers see it: typed calls over NATS request/reply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from nats.aio.client import Client
+
+from actors import contract
+from actors.contract import (
+    DeleteReply,
+    DeleteRequest,
+    Hit,
+    IndexStats,
+    QueryReply,
+    QueryRequest,
+    StatsRequest,
+    UpsertReply,
+    UpsertRequest,
+)
+from actors.rpc import call
+
+
+def _floats(vector: np.ndarray | Sequence[float]) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
+
+
+class IndexClient:
+    def __init__(self, nc: Client, timeout_s: float = 10.0) -> None:
+        self._nc = nc
+        self._timeout = timeout_s
+
+    async def upsert(
+        self, model: str, image_id: str, vector: np.ndarray, tags: dict[str, str] | None = None
+    ) -> UpsertReply:
+        req = UpsertRequest(model=model, image_id=image_id, vector=_floats(vector), tags=tags or {})
+        return await call(self._nc, contract.INDEX_UPSERT, req, UpsertReply, self._timeout)
+
+    async def query(
+        self,
+        model: str,
+        vector: np.ndarray | Sequence[float],
+        k: int,
+        *,
+        offset: int = 0,
+        exclude_id: str | None = None,
+        filters: dict[str, str] | None = None,
+        ef_runtime: int | None = None,
+    ) -> list[Hit]:
+        req = QueryRequest(
+            model=model,
+            vector=_floats(vector),
+            k=k,
+            offset=offset,
+            exclude_id=exclude_id,
+            filters=filters or {},
+        )
+        if ef_runtime is not None and hasattr(req, "ef_runtime"):
+            req.ef_runtime = ef_runtime
+        reply = await call(self._nc, contract.INDEX_QUERY, req, QueryReply, self._timeout)
+        return reply.results
+
+    async def delete(self, image_id: str, model: str | None = None) -> int:
+        reply = await call(
+            self._nc,
+            contract.INDEX_DELETE,
+            DeleteRequest(image_id=image_id, model=model),
+            DeleteReply,
+            self._timeout,
+        )
+        return reply.deleted
+
+    async def stats(self, model: str) -> IndexStats:
+        return await call(
+            self._nc, contract.INDEX_STATS, StatsRequest(model=model), IndexStats, self._timeout
+        )

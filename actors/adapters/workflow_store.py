@@ -1,0 +1,226 @@
+"""The Workflow DB: one record per image in Redis, with its state, a timestamped history and its embedding.
+
+Keys (``P`` is ``settings.redis_prefix``):
+  ``P:image:<id>``          hash: the record's fields (see ``ImageRecord``)
+  ``P:image:<id>:history``  list of JSON ``{"status", "at", ...}``, oldest first
+  ``P:sha:<sha256>``        the image id that owns these bytes (de-duplication)
+  ``P:emb:<model>:<id>``    float32 bytes of the image's embedding under a model
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from actors.contract import ErrorInfo, Status
+from actors.errors import RetryableError
+
+
+class ImageRecord(msgspec.Struct, kw_only=True):
+    """An image's workflow record, as stored and as ``GET /images/{id}`` shows it (less ``embedding``)."""
+
+    image_id: str
+    status: Status
+    sha256: str
+    object_key: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    metadata: dict[str, Any] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    model: str | None = None
+    embedding_dim: int | None = None
+    error: ErrorInfo | None = None
+    trace_id: str = ""
+    attempt: int = 0
+    history: list[dict[str, Any]] = []
+
+
+# Claim the sha and write the record in one step, so two concurrent uploads of the same bytes make one record.
+_CREATE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and redis.call('EXISTS', ARGV[4] .. owner) == 1 then return owner end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[2])))
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return false
+"""
+
+_JSON_FIELDS = ("metadata", "error")
+_INT_FIELDS = ("size_bytes", "width", "height", "embedding_dim", "attempt")
+_FLOAT_FIELDS = ("created_at", "updated_at")
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _dump(fields: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in fields.items():
+        if k in _JSON_FIELDS:
+            out[k] = json.dumps(msgspec.to_builtins(v))
+        elif v is None:
+            out[k] = ""
+        else:
+            out[k] = str(v.value if isinstance(v, Status) else v)
+    return out
+
+
+def _load(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kb, vb in raw.items():
+        k, v = kb.decode(), vb.decode()
+        if k in _JSON_FIELDS:
+            out[k] = json.loads(v) if v else None
+        elif k in _INT_FIELDS:
+            out[k] = int(v) if v else None
+        elif k in _FLOAT_FIELDS:
+            out[k] = float(v)
+        else:
+            out[k] = v or None
+    return out
+
+
+class WorkflowStore:
+    """Image records in Redis. Every Redis failure surfaces as ``RetryableError``."""
+
+    def __init__(self, url: str, prefix: str = "mesh") -> None:
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=3, decode_responses=False
+        )
+        self._p = prefix
+        self._create = self._redis.register_script(_CREATE)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _key(self, image_id: str) -> str:
+        return f"{self._p}:image:{image_id}"
+
+    def _sha_key(self, sha256: str) -> str:
+        return f"{self._p}:sha:{sha256}"
+
+    def _emb_key(self, model: str, image_id: str) -> str:
+        return f"{self._p}:emb:{model}:{image_id}"
+
+    async def ping(self) -> str | None:
+        try:
+            await self._redis.ping()
+        except RedisError as e:
+            return f"redis: {type(e).__name__}"
+        return None
+
+    async def create(self, rec: ImageRecord) -> str | None:
+        """Store a new pending record unless these bytes already have one; returns the owner's id if so."""
+        fields = _dump(msgspec.structs.asdict(rec) | {"history": None})
+        fields.pop("history")
+        flat = [x for kv in fields.items() for x in kv]
+        entry = json.dumps({"status": rec.status.value, "at": rec.created_at})
+        keys = [self._sha_key(rec.sha256), self._key(rec.image_id), self._key(rec.image_id) + ":history"]
+        try:
+            owner = await self._create(
+                keys=keys, args=[rec.image_id, json.dumps(flat), entry, f"{self._p}:image:"]
+            )
+        except (RedisError, OSError) as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return _text(owner) if owner else None
+
+    async def owner_of(self, sha256: str) -> str | None:
+        try:
+            owner = await self._redis.get(self._sha_key(sha256))
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return _text(owner) if owner else None
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._key(image_id))
+                pipe.lrange(self._key(image_id) + ":history", 0, -1)
+                raw, history = await pipe.execute()
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        if not raw:
+            return None
+        fields = _load(raw)
+        fields["history"] = [json.loads(h) for h in history]
+        return msgspec.convert(fields, ImageRecord, strict=False)
+
+    async def transition(self, image_id: str, status: Status, **fields: Any) -> float:
+        """Move a record to ``status`` (with extra fields) and append to its history; returns the time."""
+        at = time.time()
+        entry: dict[str, Any] = {"status": status.value, "at": at}
+        if fields.get("error") is not None:
+            entry["error"] = msgspec.to_builtins(fields["error"])
+        return await self._write(image_id, {"status": status, "updated_at": at, **fields}, entry)
+
+    async def note(self, image_id: str, step: str, **detail: Any) -> float:
+        """Append a pipeline step's own entry to the history without changing the state."""
+        at = time.time()
+        return await self._write(image_id, {"updated_at": at}, {"step": step, "at": at, **detail})
+
+    async def update(self, image_id: str, **fields: Any) -> None:
+        """Set fields without a history entry."""
+        await self._write(image_id, fields, None)
+
+    async def _write(self, image_id: str, fields: dict[str, Any], entry: dict[str, Any] | None) -> float:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key(image_id), mapping=_dump(fields))  # type: ignore[arg-type]
+                if entry is not None:
+                    pipe.rpush(self._key(image_id) + ":history", json.dumps(entry))
+                await pipe.execute()
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return float(fields.get("updated_at", time.time()))
+
+    async def set_embedding(self, model: str, image_id: str, vector: np.ndarray) -> None:
+        try:
+            await self._redis.set(self._emb_key(model, image_id), vector.astype(np.float32).tobytes())
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+
+    async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None:
+        try:
+            raw = await self._redis.get(self._emb_key(model, image_id))
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return None if raw is None else np.frombuffer(raw if isinstance(raw, bytes) else raw.encode(), np.float32)
+
+    async def delete(self, image_id: str, sha256: str | None = None) -> None:
+        """Remove a record, its history, its embeddings and (when it owns it) its sha claim."""
+        try:
+            keys = [self._key(image_id), self._key(image_id) + ":history"]
+            async for k in self._redis.scan_iter(match=f"{self._p}:emb:*:{image_id}", count=500):
+                keys.append(_text(k))
+            if sha256 and await self.owner_of(sha256) == image_id:
+                keys.append(self._sha_key(sha256))
+            await self._redis.delete(*keys)
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+
+    async def ids_in_status(self, status: Status, limit: int = 10_000) -> list[str]:
+        """Image ids whose record is in ``status`` (a scan: for operators' replay, not a hot path)."""
+        found: list[str] = []
+        try:
+            async for key in self._redis.scan_iter(match=f"{self._p}:image:*", count=1000):
+                k = _text(key)
+                if k.endswith(":history"):
+                    continue
+                st = await self._redis.hget(k, "status")
+                if st is not None and _text(st) == status.value:
+                    found.append(k.rsplit(":", 1)[1])
+                    if len(found) >= limit:
+                        break
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return found

@@ -1,0 +1,143 @@
+"""The gateway: the public REST API of the mesh (DESIGN.md section 3), as a FastAPI app.
+
+``create_app(settings)`` wires the adapters in a lifespan; routes live in ``gateway/images.py`` (the image API)
+and ``gateway/health.py`` (health, readiness, mesh status, metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.adapters.config_client import ConfigClient, mesh_config_defaults
+from actors.adapters.embedder import Embedder
+from actors.adapters.events import Events
+from actors.adapters.index_client import IndexClient
+from actors.adapters.object_store import ObjectStore
+from actors.adapters.workflow_store import WorkflowStore
+from actors.errors import MeshError, RetryableError, ServiceCallError
+from actors.runtime import connect_nats
+from actors.settings import Settings
+from gateway.validation import UploadError
+
+log = structlog.get_logger("gateway")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+@dataclass
+class Services:
+    """What the routes use; built once in the lifespan."""
+
+    settings: Settings
+    nc: Client
+    store: WorkflowStore
+    objects: ObjectStore
+    config: ConfigClient
+    index: IndexClient
+    embedder: Embedder
+    events: Events
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(e.code, e.message), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(UploadError)
+    async def _upload(_: Request, e: UploadError) -> JSONResponse:
+        return JSONResponse(error_body(e.code, e.message), status_code=e.status)
+
+    @app.exception_handler(RetryableError)
+    async def _retryable(_: Request, e: RetryableError) -> JSONResponse:
+        log.warning("request.unavailable", error=e.message)
+        return JSONResponse(
+            error_body("unavailable", e.message), status_code=503, headers={"Retry-After": "2"}
+        )
+
+    @app.exception_handler(ServiceCallError)
+    async def _service(_: Request, e: ServiceCallError) -> JSONResponse:
+        status = 503 if e.retryable else 502
+        return JSONResponse(error_body("upstream_error", e.message), status_code=status)
+
+    @app.exception_handler(MeshError)
+    async def _mesh(_: Request, e: MeshError) -> JSONResponse:
+        return JSONResponse(error_body(e.code, e.message), status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        missing = first.get("type") == "missing"
+        code = "missing_field" if missing else "invalid_request"
+        return JSONResponse(error_body(code, f"{where}: {first.get('msg', 'invalid')}"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            e.status_code, "http_error"
+        )
+        return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nc = await connect_nats(settings, "gateway")
+        store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
+        embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
+        async with ObjectStore(settings) as objects:
+            app.state.services = Services(
+                settings=settings,
+                nc=nc,
+                store=store,
+                objects=objects,
+                config=ConfigClient(nc, fallback=mesh_config_defaults(settings)),
+                index=IndexClient(nc),
+                embedder=embedder,
+                events=Events(nc),
+            )
+            log.info("gateway.started", port=settings.gateway_port)
+            yield
+        await embedder.close()
+        await store.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+    from gateway import health, images  # routes import Services from here
+
+    app = FastAPI(
+        title="Image similarity mesh",
+        version="0.1.0",
+        description="Upload images; find similar ones. Embeddings by Triton, search by Redis, work by NATS.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(images.router)
+    app.include_router(health.router)
+    return app

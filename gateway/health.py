@@ -1,0 +1,106 @@
+"""Health (alive), readiness (can accept uploads), the whole mesh's status, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from actors import contract
+from actors.errors import MeshError
+from gateway.app import Services, services
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """200 while the process is alive."""
+    return {"status": "ok"}
+
+
+async def _problems(svc: Services) -> dict[str, str]:
+    """What the gateway needs to accept uploads: NATS, Redis and S3 (not Triton: work queues up meanwhile)."""
+    problems: dict[str, str] = {}
+    if not svc.nc.is_connected:
+        problems["nats"] = "not connected"
+    redis_p, s3_p = await asyncio.gather(svc.store.ping(), svc.objects.ping())
+    if redis_p:
+        problems["redis"] = redis_p
+    if s3_p:
+        problems["s3"] = s3_p
+    return problems
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """200 when NATS, Redis and S3 answer; else 503 naming what failed."""
+    problems = await _problems(services(request))
+    if problems:
+        return JSONResponse({"status": "unavailable", "failed": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def _micro_services(svc: Services) -> dict[str, int]:
+    """How many instances of each mesh service answer ``$SRV.PING`` (NATS micro discovery)."""
+    counts: dict[str, int] = {}
+    if not svc.nc.is_connected:
+        return counts
+    inbox = svc.nc.new_inbox()
+    sub = await svc.nc.subscribe(inbox)
+    try:
+        await svc.nc.publish("$SRV.PING", b"", reply=inbox)
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for msg in sub.messages:
+                    name = json.loads(msg.data).get("name", "?")
+                    counts[name] = counts.get(name, 0) + 1
+    finally:
+        await sub.unsubscribe()
+    return counts
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    """The whole mesh: each server, each actor service, the active index and Triton's models."""
+    svc = services(request)
+    problems = await _problems(svc)
+    cfg = await svc.config.get()
+    body: dict[str, Any] = {
+        "servers": {name: problems.get(name, "ok") for name in ("nats", "redis", "s3")},
+        "services": await _micro_services(svc),
+        "active_model": cfg.active_model,
+    }
+    try:
+        body["triton"] = {
+            cfg.active_model: "ready" if await svc.embedder.ready(cfg.active_model) else "not ready"
+        }
+    except Exception as e:
+        body["triton"] = {"error": str(e) or type(e).__name__}
+    body["servers"]["triton"] = "ok" if body["triton"].get(cfg.active_model) == "ready" else "down"
+    try:
+        stats = await svc.index.stats(cfg.active_model)
+        state = "ready" if stats.percent_indexed >= 1.0 or not stats.exists else "loading"
+        body["index"] = {**_builtins(stats), "state": state}
+    except MeshError as e:
+        body["index"] = {"state": "unavailable", "error": e.message}
+    for name in (contract.CONFIG_SERVICE, contract.INDEXER_SERVICE, contract.COORDINATOR_SERVICE):
+        body["services"].setdefault(name, 0)
+    return body
+
+
+def _builtins(x: Any) -> dict[str, Any]:
+    import msgspec
+
+    out: dict[str, Any] = msgspec.to_builtins(x)
+    return out
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,158 @@
+"""Accepting one upload: validate, store the object, write the record, publish the durable job.
+
+The order, and why:
+1. Validate everything in memory first (bytes, type, pixels, metadata): bad input stores nothing.
+2. Identical bytes already known: answer with the existing image (and re-publish its job if it is still
+   pending: the job's de-duplication id makes that a no-op unless a crash lost the first publish).
+3. Put the object under a key we generate. If this fails nothing else exists yet.
+4. Create the ``pending`` record and claim the sha256, atomically (a concurrent upload of the same bytes loses
+   the claim, removes its object and answers ``duplicate``).
+5. Publish the job and wait for JetStream's ack. If that fails, undo 4 and 3, so a retry of the same bytes is
+   not mistaken for a duplicate, and answer 503.
+So an accepted upload (2xx) always has its object and its durable job, and no job exists without its object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from actors import contract
+from actors.adapters.events import Events
+from actors.adapters.object_store import ObjectStore, object_key
+from actors.adapters.workflow_store import ImageRecord, WorkflowStore
+from actors.contract import ImageEvent, ProcessJob, Status
+from actors.errors import RetryableError
+from gateway.validation import ImageInfo, sha256_hex
+
+log = structlog.get_logger("gateway.upload")
+
+PUBLISH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    image_id: str
+    status: Status
+    sha256: str
+    duplicate: bool
+
+
+def new_image_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_for(rec: ImageRecord) -> ProcessJob:
+    return ProcessJob(
+        image_id=rec.image_id,
+        object_key=rec.object_key,
+        sha256=rec.sha256,
+        trace_id=rec.trace_id,
+        attempt=rec.attempt,
+    )
+
+
+async def publish_job(js: JetStreamContext, job: ProcessJob) -> None:
+    """Publish a durable job and wait for JetStream to store it; ``Nats-Msg-Id`` drops a repeated publish."""
+    headers = {
+        contract.MSG_ID_HEADER: contract.job_msg_id(job.image_id, job.attempt),
+        contract.TRACE_HEADER: job.trace_id,
+    }
+    try:
+        await js.publish(
+            contract.JOBS_SUBJECT, contract.encode(job), timeout=PUBLISH_TIMEOUT_S, headers=headers
+        )
+    except Exception as e:  # no ack means not stored, whatever the reason
+        raise RetryableError(f"job queue unavailable: {type(e).__name__}: {e}") from e
+
+
+async def accept_upload(
+    *,
+    data: bytes,
+    info: ImageInfo,
+    metadata: dict[str, Any],
+    store: WorkflowStore,
+    objects: ObjectStore,
+    nc: Client,
+    events: Events,
+) -> Accepted:
+    """Store a validated image and queue its processing (see the module docstring for the order)."""
+    sha = sha256_hex(data)
+    if not nc.is_connected:
+        raise RetryableError("job queue unavailable: not connected to NATS")
+    js = nc.jetstream()
+
+    existing = await _existing(store, js, sha)
+    if existing is not None:
+        return existing
+
+    image_id = new_image_id()
+    trace_id = uuid.uuid4().hex
+    now = time.time()
+    rec = ImageRecord(
+        image_id=image_id,
+        status=Status.PENDING,
+        sha256=sha,
+        object_key=object_key(image_id),
+        content_type=info.content_type,
+        size_bytes=len(data),
+        width=info.width,
+        height=info.height,
+        metadata=metadata,
+        created_at=now,
+        updated_at=now,
+        trace_id=trace_id,
+    )
+    log_ = log.bind(image_id=image_id, trace_id=trace_id)
+
+    await objects.put(rec.object_key, data, info.content_type)
+    try:
+        owner = await store.create(rec)
+    except RetryableError:
+        await _forget_object(objects, rec.object_key)
+        raise
+    if owner is not None:  # lost the race to a concurrent upload of the same bytes
+        await _forget_object(objects, rec.object_key)
+        existing = await _existing(store, js, sha)
+        if existing is not None:
+            return existing
+        raise RetryableError("concurrent upload of the same bytes did not finish; retry")
+
+    try:
+        await publish_job(js, job_for(rec))
+    except RetryableError:
+        log_.warning("upload.rolled_back", reason="job not stored")
+        with contextlib.suppress(RetryableError):
+            await store.delete(image_id, sha)
+        await _forget_object(objects, rec.object_key)
+        raise
+    await events.publish(ImageEvent(image_id=image_id, status=Status.PENDING, at=now, trace_id=trace_id))
+    log_.info("upload.accepted", size_bytes=len(data), content_type=info.content_type)
+    return Accepted(image_id=image_id, status=Status.PENDING, sha256=sha, duplicate=False)
+
+
+async def _existing(store: WorkflowStore, js: JetStreamContext, sha: str) -> Accepted | None:
+    owner = await store.owner_of(sha)
+    if owner is None:
+        return None
+    rec = await store.get(owner)
+    if rec is None:  # a claim without its record: an interrupted delete; the new upload takes over
+        return None
+    if rec.status == Status.PENDING:
+        # heals a gateway crash between the record and the publish; a no-op when the job is stored
+        await publish_job(js, job_for(rec))
+    return Accepted(image_id=rec.image_id, status=rec.status, sha256=sha, duplicate=True)
+
+
+async def _forget_object(objects: ObjectStore, key: str) -> None:
+    try:
+        await objects.delete(key)
+    except RetryableError as e:
+        log.warning("upload.orphan_object", key=key, error=str(e))
