@@ -166,6 +166,7 @@ class QueryRequest(Struct, kw_only=True):
     offset: int = 0
     exclude_id: str | None = None
     filters: dict[str, str] = {}
+    ef_runtime: int | None = None  # HNSW search breadth; None: the indexer's default (200, see DESIGN.md)
 
 
 class Hit(Struct, kw_only=True):

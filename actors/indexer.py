@@ -1,0 +1,120 @@
+"""The indexer actor: the NATS micro service ``indexer`` in front of the per-model vector indexes in Redis.
+
+Endpoints ``index.upsert``, ``index.query``, ``index.delete`` and ``index.stats`` are thin calls into
+``VectorIndex``; ``runtime.typed`` turns bad requests into 400 and Redis outages into 503. Replicas share the
+service's queue group, and every write is idempotent by image id, so running several is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from fastapi.responses import JSONResponse
+from nats.micro.request import Request
+from prometheus_client import Counter, Histogram
+
+from actors import contract
+from actors.adapters.vector_index import VectorIndex
+from actors.contract import (
+    DeleteReply,
+    DeleteRequest,
+    IndexStats,
+    QueryReply,
+    QueryRequest,
+    StatsRequest,
+    UpsertReply,
+    UpsertRequest,
+)
+from actors.errors import RetryableError
+from actors.runtime import ActorProcess, typed
+from actors.settings import Settings
+
+log = structlog.get_logger("indexer")
+
+# Redis-side latency per model (the runtime's mesh_service_request_seconds also counts decoding and NATS)
+UPSERT_SECONDS = Histogram("mesh_index_upsert_seconds", "Vector upsert latency in Redis", ["model"])
+QUERY_SECONDS = Histogram(
+    "mesh_index_query_seconds",
+    "Vector KNN query latency in Redis",
+    ["model"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+UPSERTS = Counter("mesh_index_upserts_total", "Vectors upserted", ["model", "created"])
+
+
+class Indexer:
+    """The service's handlers, over one ``VectorIndex``."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+
+    async def upsert(self, req: UpsertRequest) -> UpsertReply:
+        start = time.perf_counter()
+        created = await self.index.upsert(req.model, req.image_id, req.vector, req.tags)
+        elapsed = time.perf_counter() - start
+        UPSERT_SECONDS.labels(req.model).observe(elapsed)
+        UPSERTS.labels(req.model, str(created).lower()).inc()
+        log.info(
+            "index.upserted",
+            image_id=req.image_id,
+            model=req.model,
+            created=created,
+            ms=round(elapsed * 1e3, 2),
+        )
+        return UpsertReply(model=req.model, image_id=req.image_id, created=created)
+
+    async def query(self, req: QueryRequest) -> QueryReply:
+        start = time.perf_counter()
+        hits = await self.index.query(
+            req.model,
+            req.vector,
+            req.k,
+            offset=req.offset,
+            exclude_id=req.exclude_id,
+            filters=req.filters,
+            ef_runtime=req.ef_runtime,
+        )
+        elapsed = time.perf_counter() - start
+        QUERY_SECONDS.labels(req.model).observe(elapsed)
+        log.debug("index.queried", model=req.model, k=req.k, hits=len(hits), ms=round(elapsed * 1e3, 2))
+        return QueryReply(model=req.model, results=hits)
+
+    async def delete(self, req: DeleteRequest) -> DeleteReply:
+        deleted = await self.index.delete(req.image_id, req.model)
+        log.info("index.deleted", image_id=req.image_id, model=req.model, deleted=deleted)
+        return DeleteReply(deleted=deleted)
+
+    async def stats(self, req: StatsRequest) -> IndexStats:
+        return await self.index.stats(req.model)
+
+    def endpoints(self) -> dict[str, Callable[[Request], Awaitable[None]]]:
+        return {
+            contract.INDEX_UPSERT: typed(self.upsert, UpsertRequest),
+            contract.INDEX_QUERY: typed(self.query, QueryRequest),
+            contract.INDEX_DELETE: typed(self.delete, DeleteRequest),
+            contract.INDEX_STATS: typed(self.stats, StatsRequest),
+        }
+
+
+async def main(settings: Settings) -> None:
+    """Run the indexer until SIGTERM; the index (the outer context) closes after the service has drained."""
+    async with (
+        VectorIndex.from_settings(settings) as index,
+        ActorProcess(contract.INDEXER_SERVICE, settings, settings.indexer_http_port) as proc,
+    ):
+        indexer = Indexer(index)
+
+        @proc.http.get("/ready")
+        async def ready() -> JSONResponse:
+            try:
+                await index.ping()
+            except RetryableError as e:
+                return JSONResponse({"status": "unavailable", "redis": e.message}, status_code=503)
+            return JSONResponse({"status": "ready"})
+
+        await proc.add_service(
+            contract.INDEXER_SERVICE, "Per-model vector indexes (Redis HNSW)", indexer.endpoints()
+        )
+        await proc.stopped()
