@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         with contextlib.suppress(Exception):
             await nc.drain()
 
-    from gateway import health, images  # routes import Services from here
+    from gateway import health, images, search, web  # routes import Services from here
 
     app = FastAPI(
         title="Image similarity mesh",
@@ -139,5 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(images.router)
+    app.include_router(search.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app
