@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_SECRET_MARK = "local-"  # development credentials start with this; production refuses them
@@ -141,3 +141,27 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "log"
+
+    # --- models (ops/models, docs/MODELS.md) -----------------------------------------------------
+    # What the CPU model repository holds; `ensure_models` exports what is missing before Triton starts.
+    # A comma list of: efficientnet_lite0 (always there: real offline weights), clip (image + text towers).
+    models: str = "efficientnet_lite0"
+    # a Hugging Face CLIP folder or hub name; empty means the small random-weight test CLIP built locally
+    clip_checkpoint: str = ""
+    # CLIP's Triton models are <prefix>_image and <prefix>_text
+    clip_prefix: str = Field(default="clip", pattern=r"^[a-z][a-z0-9_]*$")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: str) -> str:
+        unknown = {m.strip() for m in value.split(",") if m.strip()} - {"efficientnet_lite0", "clip"}
+        if unknown:
+            raise ValueError(
+                f"MESH_MODELS: unknown model(s) {sorted(unknown)}; known: efficientnet_lite0, clip"
+            )
+        return value
+
+    @property
+    def model_set(self) -> frozenset[str]:
+        """The models the repository should hold (``efficientnet_lite0`` always)."""
+        return frozenset({"efficientnet_lite0", *(m.strip() for m in self.models.split(",") if m.strip())})

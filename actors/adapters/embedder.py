@@ -1,0 +1,221 @@
+"""Embedder: pixels or text to unit vectors, with models served by Triton (gRPC, ``tritonclient.grpc.aio``).
+
+One image (or text) per request: Triton's dynamic batcher forms the batches on the server. What a model needs
+(its preprocessing, tensor names, output dimension) is read once from Triton's model config and cached, so the
+model's repository is the only place it is written down (docs/MODELS.md).
+
+Errors: :class:`EmbedderUnavailable` (Triton down, model loading, queue full or timed out: retry later) and
+:class:`EmbedderError` / :class:`ModelNotFound` (bad input, unknown model: retrying will not help), all
+subclasses of :class:`EmbedderException`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import structlog
+from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc import aio as triton
+
+from actors.errors import MeshError, PermanentError, RetryableError
+from actors.preprocess import PreprocessSpec
+from actors.settings import Settings
+
+log = structlog.get_logger("embedder")
+
+# the tensors every model of the repositories has (ops/models/configs.py writes them)
+IMAGE_INPUT = "IMAGE"
+TEXT_INPUT = "TEXT"
+EMBEDDING_OUTPUT = "EMBEDDING"
+
+_RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"})
+
+
+class EmbedderException(MeshError):
+    """Base of the embedder's errors; ``retryable`` says whether the same call may succeed later."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, model: str | None = None, status: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.status = status
+
+
+class EmbedderUnavailable(EmbedderException, RetryableError):
+    """Triton is unreachable, the model is not ready, or the request was shed under load: retry later."""
+
+    retryable = True
+
+
+class EmbedderError(EmbedderException, PermanentError):
+    """A permanent failure for this input (invalid argument, model error): retrying will not help."""
+
+
+class ModelNotFound(EmbedderError):
+    """Triton does not serve this model."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the client needs to know about one served model, read from its Triton config."""
+
+    name: str
+    kind: Literal["image", "text"]
+    dim: int
+    max_batch_size: int
+    spec: PreprocessSpec | None  # image models only
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
+        """Parse the JSON form of a Triton ``ModelConfig`` (``get_model_config(as_json=True)["config"]``)."""
+        name = config["name"]
+        inputs = {i["name"]: i for i in config.get("input", [])}
+        outputs = {o["name"]: o for o in config.get("output", [])}
+        if EMBEDDING_OUTPUT not in outputs or not (IMAGE_INPUT in inputs or TEXT_INPUT in inputs):
+            raise EmbedderError(
+                f"model {name} does not have the embedder tensors ({IMAGE_INPUT} or {TEXT_INPUT} -> "
+                f"{EMBEDDING_OUTPUT}); it has {sorted(inputs)} -> {sorted(outputs)}",
+                model=name,
+            )
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        spec = None
+        kind: Literal["image", "text"] = "text"
+        if IMAGE_INPUT in inputs:
+            kind = "image"
+            if "preprocess" not in params:
+                raise EmbedderError(f"image model {name} has no 'preprocess' parameter", model=name)
+            spec = PreprocessSpec.from_json(params["preprocess"])
+        return cls(
+            name=name,
+            kind=kind,
+            dim=int(outputs[EMBEDDING_OUTPUT]["dims"][-1]),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            spec=spec,
+        )
+
+
+def _classify(e: InferenceServerException, model: str | None) -> EmbedderException:
+    status = str(e.status() or "").removeprefix("StatusCode.")
+    message = f"triton: {status or 'error'}: {e.message()}"
+    if status == "NOT_FOUND" or "unknown model" in (e.message() or "").lower():
+        return ModelNotFound(message, model=model, status=status)
+    if status in _RETRYABLE:
+        return EmbedderUnavailable(message, model=model, status=status)
+    return EmbedderError(message, model=model, status=status)
+
+
+class Embedder:
+    """Thin async client of Triton for embeddings. Use as ``async with Embedder(url) as e: ...``.
+
+    ``timeout_s`` bounds each gRPC call; a call that finds Triton ``UNAVAILABLE`` is retried ``retries`` times
+    with exponential backoff from ``backoff_s`` before :class:`EmbedderUnavailable` is raised.
+    """
+
+    def __init__(
+        self, url: str, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.2
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._client: triton.InferenceServerClient | None = None
+        self._models: dict[str, ModelInfo] = {}
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Embedder:
+        return cls(s.triton_grpc_url, timeout_s=s.triton_timeout_s)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def client(self) -> triton.InferenceServerClient:
+        if self._client is None:  # created lazily: the gRPC channel belongs to the running event loop
+            self._client = triton.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        """Close the gRPC channel (safe to call twice)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def _call(self, what: str, model: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return await fn(*args, client_timeout=self.timeout_s, **kwargs)
+            except InferenceServerException as e:
+                err = _classify(e, model)
+            if err.status != "UNAVAILABLE" or attempt == self.retries:
+                raise err
+            log.warning("embedder.retry", call=what, model=model, attempt=attempt + 1, error=str(err))
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def ready(self, model: str | None = None) -> bool:
+        """Whether Triton (and ``model``, when given) is ready to serve; never raises for a down server."""
+        try:
+            if model is None:
+                return bool(await self.client.is_server_ready(client_timeout=self.timeout_s))
+            return bool(await self.client.is_model_ready(model, client_timeout=self.timeout_s))
+        except InferenceServerException:
+            return False
+
+    async def model_info(self, model: str) -> ModelInfo:
+        """The model's tensors, output dimension and preprocessing (cached after the first call)."""
+        info = self._models.get(model)
+        if info is None:
+            response = await self._call("config", model, self.client.get_model_config, model, as_json=True)
+            info = ModelInfo.from_config(response["config"])
+            self._models[model] = info
+        return info
+
+    async def preprocess_spec(self, model: str) -> PreprocessSpec:
+        """How to turn an image into the pixels ``model`` takes (``actors.preprocess.to_pixels``)."""
+        info = await self.model_info(model)
+        if info.spec is None:
+            raise EmbedderError(f"model {model} is a text model: it has no image preprocessing", model=model)
+        return info.spec
+
+    async def _infer(self, info: ModelInfo, inp: InferInput) -> np.ndarray:
+        out = [InferRequestedOutput(EMBEDDING_OUTPUT)]
+        result = await self._call("infer", info.name, self.client.infer, info.name, [inp], outputs=out)
+        vector = result.as_numpy(EMBEDDING_OUTPUT)
+        if vector is None or vector.shape != (1, info.dim):
+            raise EmbedderError(f"model {info.name} returned an unexpected output", model=info.name)
+        return np.asarray(vector[0], dtype=np.float32)
+
+    async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray:
+        """The unit ``float32 [dim]`` embedding of one image: ``uint8 [H, W, 3]`` from ``to_pixels``."""
+        info = await self.model_info(model)
+        if info.kind != "image" or info.spec is None:
+            raise EmbedderError(f"model {model} does not take images", model=model)
+        if pixels.dtype != np.uint8 or pixels.shape != info.spec.shape:
+            raise EmbedderError(
+                f"model {model} takes uint8 {list(info.spec.shape)}, got {pixels.dtype} {list(pixels.shape)}",
+                model=model,
+            )
+        inp = InferInput(IMAGE_INPUT, [1, *pixels.shape], "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(pixels)[None])
+        return await self._infer(info, inp)
+
+    async def embed_text(self, model: str, text: str) -> np.ndarray:
+        """The unit ``float32 [dim]`` embedding of one text (tokenized inside the model)."""
+        info = await self.model_info(model)
+        if info.kind != "text":
+            raise EmbedderError(f"model {model} does not take text", model=model)
+        inp = InferInput(TEXT_INPUT, [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
+        return await self._infer(info, inp)
