@@ -27,6 +27,7 @@ from actors.adapters.workflow_store import WorkflowStore
 from actors.errors import MeshError, RetryableError, ServiceCallError
 from actors.runtime import connect_nats
 from actors.settings import Settings
+from gateway.forms import UploadGuard
 from gateway.validation import UploadError
 
 log = structlog.get_logger("gateway")
@@ -129,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         with contextlib.suppress(Exception):
             await nc.drain()
 
-    from gateway import health, images, search, web  # routes import Services from here
+    from gateway import health, images, metrics, search, web  # routes import Services from here
 
     app = FastAPI(
         title="Image similarity mesh",
@@ -138,6 +139,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(UploadGuard)
+    metrics.install(app)
     app.include_router(images.router)
     app.include_router(search.router)
     app.include_router(health.router)
