@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install run up down ps test lint unit chaos bench bench-large clean
+.PHONY: install run up down ps test lint browser unit chaos bench bench-large clean
 
 install: $(STAMP)
 
@@ -32,7 +32,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint  ## gates, then every test (unit, integration, e2e, reduced chaos and bench)
+browser:  ## Debian's Chromium for the web page's browser test (Playwright drives it; no browser download)
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser test" >&2; exit 1; fi; }
+
+test: lint browser  ## gates, then every test (unit, integration, e2e, reduced chaos and bench)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

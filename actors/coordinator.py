@@ -18,6 +18,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, ConsumerInfo
 from prometheus_client import Gauge
 
 from actors import contract
@@ -25,7 +26,7 @@ from actors.adapters.config_client import ConfigClient, mesh_config_defaults
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
-from actors.adapters.object_store import ObjectStore
+from actors.adapters.object_store import ObjectMissing, ObjectStore
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import (
     CoordinatorStatus,
@@ -45,6 +46,7 @@ from actors.workflow import Pipeline
 log = structlog.get_logger("coordinator")
 
 ACK_WAIT_S = 30.0
+OUTAGE_WAIT_S = 600.0  # how long a job waits in place for a down dependency before JetStream redelivers it
 HEARTBEAT_S = 10.0
 IN_FLIGHT = Gauge("mesh_jobs_in_flight", "Jobs this coordinator is working on")
 PENDING = Gauge("mesh_jobs_pending", "Jobs waiting in the coordinator's durable consumer")
@@ -63,13 +65,16 @@ class Coordinator:
         self.in_flight = 0
         self.processed = 0
         self.failed = 0
+        self.consumer_max_deliver = 1_000
         self._slots = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and process jobs until ``stop`` is set, then wait for the jobs in flight."""
         cfg = await self.config.get()
         consumer = coordinator_consumer(self.settings, cfg.max_deliver, cfg.backoff_s, ACK_WAIT_S)
-        await self._ensure_consumer(consumer)
+        info = await self._ensure_consumer(consumer)
+        # an older consumer may allow fewer deliveries than the config: never wait for one that won't come
+        self.consumer_max_deliver = info.config.max_deliver or cfg.max_deliver
         sub = await self.js.pull_subscribe_bind(durable=self.settings.consumer, stream=self.settings.stream)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch_pending(stop))
@@ -93,11 +98,11 @@ class Coordinator:
                     tg.create_task(self._handle(msg))
         log.info("coordinator.drained", processed=self.processed, failed=self.failed)
 
-    async def _ensure_consumer(self, consumer) -> None:  # type: ignore[no-untyped-def]
+    async def _ensure_consumer(self, consumer: ConsumerConfig) -> ConsumerInfo:
+        """Create the durable consumer, or bring an existing one to the config's delivery policy."""
         for attempt in range(60):
             try:
-                await self.js.add_consumer(self.settings.stream, consumer)
-                return
+                return await self.js.add_consumer(self.settings.stream, consumer)
             except Exception as e:
                 log.warning("consumer.create_failed", error=str(e), attempt=attempt)
                 await asyncio.sleep(1)
@@ -128,14 +133,15 @@ class Coordinator:
                 await msg.in_progress()
 
         beats = asyncio.create_task(self._beat(heartbeat))
+        max_deliver = min(cfg.max_deliver, self.consumer_max_deliver)
         try:
-            await self.pipeline.process(job, heartbeat)
+            await self._process_through_outages(job, heartbeat)
             await msg.ack()
             self.processed += 1
         except PermanentError as e:
             await self._give_up(msg, job, e.code, e.message, delivered)
         except RetryableError as e:
-            if delivered >= cfg.max_deliver:
+            if delivered >= max_deliver:
                 await self._give_up(msg, job, e.code, f"gave up after {delivered} deliveries: {e}", delivered)
             else:
                 delay = cfg.backoff_s[min(delivered - 1, len(cfg.backoff_s) - 1)]
@@ -144,13 +150,37 @@ class Coordinator:
                     await msg.nak(delay=delay)
         except Exception as e:  # a bug: let JetStream redeliver it, then dead-letter at max_deliver
             log_.exception("job.crashed")
-            if delivered >= cfg.max_deliver:
+            if delivered >= max_deliver:
                 await self._give_up(msg, job, "internal", f"{type(e).__name__}: {e}", delivered)
             else:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=cfg.backoff_s[0])
         finally:
             beats.cancel()
+
+    async def _process_through_outages(self, job: ProcessJob, heartbeat) -> None:  # type: ignore[no-untyped-def]
+        """Run the job; while a shared dependency (Triton, Redis, S3, the indexer) is down, wait in place.
+
+        An outage is not the job's fault, so it must not spend the job's deliveries: the job keeps its delivery
+        (in-progress acks), and since every slot waits, the coordinator stops fetching (back-pressure). Only
+        job-specific trouble (its object missing) and outages longer than ``OUTAGE_WAIT_S`` go back to
+        JetStream's redelivery with backoff.
+        """
+        deadline = asyncio.get_running_loop().time() + OUTAGE_WAIT_S
+        delay = 0.5
+        while True:
+            try:
+                await self.pipeline.process(job, heartbeat)
+                return
+            except ObjectMissing:
+                raise
+            except RetryableError as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                log.info("job.waiting_for_dependency", image_id=job.image_id, error=str(e), delay_s=delay)
+                await heartbeat()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _beat(self, heartbeat) -> None:  # type: ignore[no-untyped-def]
         while True:

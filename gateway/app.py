@@ -82,8 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceCallError)
     async def _service(_: Request, e: ServiceCallError) -> JSONResponse:
-        status = 503 if e.retryable else 502
-        return JSONResponse(error_body("upstream_error", e.message), status_code=status)
+        if e.retryable:
+            return JSONResponse(
+                error_body("unavailable", e.description), status_code=503, headers={"Retry-After": "2"}
+            )
+        return JSONResponse(error_body("upstream_error", e.message), status_code=502)
 
     @app.exception_handler(MeshError)
     async def _mesh(_: Request, e: MeshError) -> JSONResponse:

@@ -10,6 +10,7 @@ itself, so KNN counts only documents that pass them (no post-filtering that coul
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -23,7 +24,7 @@ import structlog
 from redis.typing import EncodableT, FieldT
 from redisvl.exceptions import RedisVLError
 from redisvl.index import AsyncSearchIndex
-from redisvl.query import VectorQuery
+from redisvl.query import VectorQuery, VectorRangeQuery
 from redisvl.query.filter import FilterExpression, Tag
 from redisvl.schema import IndexSchema
 
@@ -37,6 +38,7 @@ VECTOR_FIELD = "embedding"
 ID_FIELD = "image_id"
 TAGS_FIELD = "tags"
 TAG_SEPARATOR = ","
+LOADED_TTL_S = 5.0  # how long a "fully indexed" check holds before it is made again
 MAX_DIM = 32_768  # RediSearch's own limit on a vector field's DIM
 
 # Model names become part of index names and key prefixes: no ':' (it would let one model's prefix cover
@@ -78,6 +80,13 @@ def filter_expression(filters: Mapping[str, str], exclude_id: str | None = None)
         clause = Tag(ID_FIELD) != exclude_id
         expr = clause if expr is None else expr & clause
     return expr
+
+
+def score_to_distance(min_score: float) -> float:
+    """The cosine-distance radius of a ``VECTOR_RANGE`` query that keeps scores >= ``min_score``."""
+    if not -1.0 <= min_score <= 1.0:
+        raise PermanentError(f"min_score must be in -1..1, got {min_score}", code="bad_min_score")
+    return min(2.0, max(0.0, 1.0 - min_score))
 
 
 def distance_to_score(distance: float | str | bytes) -> float:
@@ -196,6 +205,7 @@ class VectorIndex:
             health_check_interval=30,
         )
         self._indexes: dict[str, AsyncSearchIndex] = {}  # model -> index; its schema carries the dim
+        self._loaded_at: dict[str, float] = {}  # model -> when its index was last seen fully indexed
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> VectorIndex:
@@ -357,6 +367,27 @@ class VectorIndex:
             ef_runtime=ef_runtime or self.ef_runtime,
         )
 
+    def build_range_query(
+        self,
+        vector: np.ndarray,
+        window: int,
+        min_score: float,
+        exclude_id: str | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> VectorRangeQuery:
+        """A ``VECTOR_RANGE`` query: every document at least ``min_score`` similar (best first, at most
+        ``window``), with the same pre-filter as KNN. HNSW range search widens by the index's EPSILON (0.01).
+        """
+        return VectorRangeQuery(
+            vector=vector.astype(np.float32).tobytes(),
+            vector_field_name=VECTOR_FIELD,
+            return_fields=[ID_FIELD],
+            filter_expression=filter_expression(filters or {}, exclude_id),
+            dtype="float32",
+            distance_threshold=score_to_distance(min_score),
+            num_results=window,
+        )
+
     async def query(
         self,
         model: str,
@@ -366,11 +397,13 @@ class VectorIndex:
         exclude_id: str | None = None,
         filters: Mapping[str, str] | None = None,
         ef_runtime: int | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest images after skipping ``offset``, best first; [] when the model has no index yet.
 
         The exclusion is part of the pre-filter, so KNN never spends a slot on the query image: asking for
-        ``k + offset`` and slicing is exact.
+        ``k + offset`` and slicing is exact. With ``min_score`` it is a range query instead: only images at
+        least that similar (near-duplicates), still best first and paged the same way.
         """
         if k < 1 or offset < 0 or k + offset > self.max_window:
             raise PermanentError(f"need k >= 1, offset >= 0, k + offset <= {self.max_window}", code="bad_k")
@@ -380,7 +413,12 @@ class VectorIndex:
         if index is None:
             return []
         vec = as_vector(vector, self._dim_of(index))
-        q = self.build_query(vec, k + offset, exclude_id or None, filters, ef_runtime)
+        await self._refuse_while_loading(model)
+        q: VectorQuery | VectorRangeQuery
+        if min_score is None:
+            q = self.build_query(vec, k + offset, exclude_id or None, filters, ef_runtime)
+        else:
+            q = self.build_range_query(vec, k + offset, min_score, exclude_id or None, filters)
         with redis_errors("query"):
             try:
                 rows = await index.query(q)
@@ -391,6 +429,46 @@ class VectorIndex:
                 raise
         hits = [Hit(image_id=str(r[ID_FIELD]), score=distance_to_score(r["vector_distance"])) for r in rows]
         return hits[offset : offset + k]
+
+    async def image_ids(self, model: str) -> list[str]:
+        """Every image id with a vector in the model's index (a SCAN of its keys: O(N), for batch work)."""
+        head = self.key_prefix(model)
+        ids: list[str] = []
+        with redis_errors("scan"):
+            async for key in self._client.scan_iter(match=head + "*", count=1000):
+                ids.append(_text(key)[len(head) :])
+        return sorted(ids)
+
+    async def vectors(self, model: str, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these images (missing ones, e.g. deleted meanwhile, are left out)."""
+        out: dict[str, np.ndarray] = {}
+        with redis_errors("vectors"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for image_id in image_ids:
+                    pipe.hget(self.key(model, image_id), VECTOR_FIELD)
+                raws = await pipe.execute()
+        for image_id, raw in zip(image_ids, raws, strict=True):
+            if raw:
+                out[image_id] = np.frombuffer(raw, dtype=np.float32)
+        return out
+
+    async def neighbors(
+        self, model: str, vectors: Mapping[str, np.ndarray], min_score: float, limit: int, batch: int = 100
+    ) -> dict[str, list[Hit]]:
+        """For each image, the others at least ``min_score`` similar (range queries, pipelined in batches)."""
+        index = await self._index(model)
+        if index is None or not vectors:
+            return {}
+        ids = list(vectors)
+        queries = [self.build_range_query(vectors[i], limit, min_score, exclude_id=i) for i in ids]
+        with redis_errors("neighbors"):
+            rows = await index.batch_query(list(queries), batch_size=batch)
+        return {
+            image_id: [
+                Hit(image_id=str(r[ID_FIELD]), score=distance_to_score(r["vector_distance"])) for r in hits
+            ]
+            for image_id, hits in zip(ids, rows, strict=True)
+        }
 
     async def delete(self, image_id: str, model: str | None = None) -> int:
         """Remove an image's vector from one model's index, or from every model's; how many were removed."""
@@ -418,6 +496,19 @@ class VectorIndex:
         with redis_errors("list"):
             names = _text(await self._client.execute_command("FT._LIST"))
         return sorted(n[len(head) :] for n in names if n.startswith(head) and MODEL_RE.match(n[len(head) :]))
+
+    async def _refuse_while_loading(self, model: str) -> None:
+        """After a Redis restart RediSearch rebuilds the index in the background; until ``percent_indexed`` is
+        1 a KNN answer would silently miss images, so queries are refused (503, retry) instead. Checked at most
+        once per ``LOADED_TTL_S`` per model, so the hot path pays nothing."""
+        now = time.monotonic()
+        if self._loaded_at.get(model, -LOADED_TTL_S) + LOADED_TTL_S > now:
+            return
+        info = await self._info(model)
+        done = float(info.get("percent_indexed", 1.0)) if info else 1.0
+        if done < 1.0:
+            raise RetryableError(f"the index of {model} is loading ({done:.0%} indexed)", code="index_loading")
+        self._loaded_at[model] = now
 
     async def stats(self, model: str) -> IndexStats:
         """The model's index as ``FT.INFO`` sees it (``percent_indexed`` < 1 while Redis rebuilds it)."""

@@ -1,0 +1,227 @@
+"""The gateway's web page in a real browser (headless Chromium driven by Playwright) against the whole mesh.
+
+Chromium comes from Debian's ``chromium`` package (Playwright's own browser download cannot work here); a
+missing browser fails the test rather than skipping it, so CI cannot pass without having run it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import wait_status
+from tests.images import colour_shift, crop, flip, jpeg, photo
+
+if TYPE_CHECKING:
+    from playwright.async_api import FilePayload, Page, Request, Route
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As root on a machine with no outside network: no sandbox, and nothing that phones home at start-up.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DONE_TIMEOUT_MS = 120_000
+UI_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def console_errors() -> list[str]:
+    """Errors the page logged or threw; each test decides which it expects."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's browser with "
+            "`apt-get install -y --no-install-recommends chromium` (Playwright's download does not work here)"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def page(chromium: Path, base_url: str, console_errors: list[str]) -> AsyncIterator[Page]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: `pip install -e '.[dev]'`")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            pg = await context.new_page()
+            pg.on("pageerror", lambda e: console_errors.append(f"pageerror: {e}"))
+            pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            yield pg
+        finally:
+            await browser.close()
+
+
+async def upload_neighbours(client: httpx.AsyncClient) -> list[str]:
+    """Three altered copies of one photo, indexed; another test may have sent the same bytes (a duplicate)."""
+    original = photo("chelsea")
+    ids = []
+    for name, data in (
+        ("original", jpeg(original)),
+        ("crop", jpeg(crop(original))),
+        ("colour", jpeg(colour_shift(original))),
+    ):
+        r = await client.post("/images/upload", files={"file": (f"chelsea-{name}.jpg", data, "image/jpeg")})
+        assert r.status_code in (200, 202), r.text
+        ids.append(r.json()["image_id"])
+    await wait_status(client, ids, {"done"})
+    return ids
+
+
+async def grid(page: Page) -> list[tuple[str, float]]:
+    """The similar grid as a user sees it: (image id, score shown), in page order."""
+    items: list[dict[str, Any]] = await page.eval_on_selector_all(
+        "#grid .result",
+        "els => els.map(e => ({id: e.dataset.imageId, shown: e.querySelector('.score').textContent}))",
+    )
+    return [(i["id"], float(i["shown"])) for i in items]
+
+
+async def thumbnails_loaded(page: Page) -> None:
+    await page.wait_for_function(
+        "() => { const imgs = [...document.querySelectorAll('#grid img, #query-thumb')];"
+        " return imgs.length > 1 && imgs.every(i => i.complete && i.naturalWidth > 0); }"
+    )
+
+
+async def test_upload_follow_status_and_browse_similar(
+    page: Page, client: httpx.AsyncClient, console_errors: list[str], tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    neighbours = await upload_neighbours(client)
+    await page.goto("/")
+    await expect(page.get_by_role("heading", name="Image similarity mesh")).to_be_visible()
+
+    # a copy of the same photo that no other test uploads, so it goes through the whole pipeline
+    query = jpeg(flip(photo("chelsea")), quality=80)
+    chosen: FilePayload = {"name": "chelsea-flipped.jpg", "mimeType": "image/jpeg", "buffer": query}
+    await page.set_input_files("#file-input", files=[chosen])
+    card = page.locator(".upload").first
+    await expect(card).to_have_attribute("data-status", "done", timeout=DONE_TIMEOUT_MS)
+    await expect(card.locator(".badge")).to_have_text("done")
+    query_id = await card.get_attribute("data-image-id")
+    assert query_id
+    history = await card.locator(".history li.state .label").all_inner_texts()
+    assert history[0] == "pending" and history[-1] == "done", history
+
+    # the newest upload's neighbours appear by themselves, best first, with scores
+    results = page.locator("#results")
+    await expect(results).to_have_attribute("data-query-id", query_id)
+    await expect(page.locator("#grid .result").first).to_be_visible()
+    shown = await grid(page)
+    assert set(neighbours) <= {i for i, _ in shown}, shown
+    assert query_id not in {i for i, _ in shown}
+    scores = [s for _, s in shown]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1.0005, scores
+    await thumbnails_loaded(page)
+
+    # choosing a result searches from it
+    target = neighbours[1]
+    await page.locator(f'#grid .result[data-image-id="{target}"]').click()
+    await expect(results).to_have_attribute("data-query-id", target)
+    await expect(page.locator(f'#grid .result[data-image-id="{query_id}"]')).to_be_visible()
+    shown = await grid(page)
+    assert target not in {i for i, _ in shown}
+    assert {neighbours[0], neighbours[2]} <= {i for i, _ in shown}, shown
+    assert f"image={target}" in page.url
+    await expect(page.locator("#query-id")).to_have_text(target)
+    await thumbnails_loaded(page)
+
+    shot = tmp_path / "web.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+
+    # back goes to the previous search
+    await page.go_back()
+    await expect(results).to_have_attribute("data-query-id", query_id)
+    assert console_errors == []
+
+
+async def test_drag_and_drop_upload(page: Page, client: httpx.AsyncClient, console_errors: list[str]) -> None:
+    from playwright.async_api import expect
+
+    data = jpeg(photo("coffee"), quality=77)
+    await page.goto("/")
+    # a synthetic drop: the DataTransfer a user's drag would carry, dispatched on the drop zone
+    await page.evaluate(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
+            const zone = document.getElementById("drop-zone");
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: dt}));
+            }
+        }""",
+        [base64.b64encode(data).decode(), "coffee.jpg"],
+    )
+    card = page.locator(".upload").first
+    await expect(card.locator(".name")).to_have_text("coffee.jpg")
+    await expect(card).to_have_attribute("data-status", "done", timeout=DONE_TIMEOUT_MS)
+    await expect(page.locator("#drop-zone")).not_to_have_class(re.compile(r"\bdragging\b"))
+    image_id = await card.get_attribute("data-image-id")
+    rec = (await client.get(f"/images/{image_id}")).json()
+    assert rec["size_bytes"] == len(data) and rec["content_type"] == "image/jpeg"
+    await expect(page.locator("#results")).to_have_attribute("data-query-id", str(image_id))
+    assert console_errors == []
+
+
+async def test_asks_for_an_api_key_when_refused(
+    page: Page, client: httpx.AsyncClient, console_errors: list[str], tmp_path: Path
+) -> None:
+    """The session's mesh runs without keys, so the browser plays a gateway that wants one."""
+    from playwright.async_api import expect
+
+    key = "web-test-key"
+    neighbours = await upload_neighbours(client)
+    passed: list[str] = []
+
+    async def gate(route: Route, request: Request) -> None:
+        if request.headers.get("x-api-key") != key:
+            body = {"error": {"code": "unauthorized", "message": "a valid API key is required"}}
+            await route.fulfill(status=401, json=body)
+            return
+        passed.append(request.url)
+        await route.continue_()
+
+    await page.route(re.compile(r"/images/"), gate)
+    await page.goto(f"/?image={neighbours[0]}")
+    dialog = page.get_by_role("dialog", name="API key needed")
+    await expect(dialog).to_be_visible()
+    await page.get_by_label("API key", exact=True).fill("wrong")
+    await page.get_by_role("button", name="Use key").click()
+    await expect(page.locator("#key-reason")).to_contain_text("refused")
+    await expect(page.get_by_role("button", name="Forget API key")).to_be_hidden()
+    await page.screenshot(path=str(tmp_path / "key.png"))
+    await page.get_by_label("API key", exact=True).fill(key)
+    await page.get_by_role("button", name="Use key").click()
+    await expect(dialog).to_be_hidden()
+
+    await expect(page.locator(f'#grid .result[data-image-id="{neighbours[1]}"]')).to_be_visible()
+    await thumbnails_loaded(page)
+    srcs = await page.eval_on_selector_all("#grid img", "els => els.map(e => e.src)")
+    assert srcs and all(s.startswith("blob:") for s in srcs), srcs
+    assert any("/content?presigned=false" in u for u in passed), passed
+    assert await page.evaluate("sessionStorage.getItem('mesh.apiKey')") == key
+    await expect(page.get_by_role("button", name="Forget API key")).to_be_visible()
+    assert all("401" in e for e in console_errors), console_errors
