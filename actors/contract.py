@@ -30,6 +30,7 @@ INDEX_UPSERT = "index.upsert"
 INDEX_QUERY = "index.query"
 INDEX_DELETE = "index.delete"
 INDEX_STATS = "index.stats"
+INDEX_GROUPS = "index.groups"  # near-duplicate groups of one model's index
 
 COORDINATOR_SERVICE = "coordinator"
 COORDINATOR_STATUS = "coordinator.status"
@@ -49,6 +50,7 @@ class Status(enum.StrEnum):
     INDEXED = "indexed"
     DONE = "done"
     ERROR = "error"
+    DELETED = "deleted"  # not a workflow state: the event published when an image is deleted everywhere
 
 
 TERMINAL = frozenset({Status.DONE, Status.ERROR})
@@ -126,7 +128,7 @@ class MeshConfig(Struct, kw_only=True):
     max_deliver: int = 5
     backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     ef_runtime: int = 200
-    near_duplicate_threshold: float = 0.9
+    near_duplicate_threshold: float = 0.675  # tuned on the altered-copy set (README, "Search")
     pipeline_steps: list[str] = []  # extension steps run after embedding (e.g. "exif", "moderation")
 
 
@@ -167,6 +169,8 @@ class QueryRequest(Struct, kw_only=True):
     exclude_id: str | None = None
     filters: dict[str, str] = {}
     ef_runtime: int | None = None  # HNSW search breadth; None: the indexer's default (200, see DESIGN.md)
+    # only images at least this similar (a VECTOR_RANGE query, still best first); None: plain KNN
+    min_score: float | None = None
 
 
 class Hit(Struct, kw_only=True):
@@ -188,6 +192,30 @@ class DeleteRequest(Struct, kw_only=True):
 
 class DeleteReply(Struct, kw_only=True):
     deleted: int
+
+
+class GroupsRequest(Struct, kw_only=True):
+    """Request on ``index.groups``: near-duplicate groups (connected components at ``threshold``), paged.
+
+    Groups are ordered by their smallest image id; ``cursor`` is the smallest id of the last group of the
+    previous page ("" for the first). The whole index is scanned on every call: refused above ``max_images``.
+    """
+
+    model: str
+    threshold: float
+    limit: int = 50
+    cursor: str = ""
+    max_images: int = 20_000
+    max_neighbors: int = 1_000  # per image: the range query's LIMIT (components still join through others)
+
+
+class GroupsReply(Struct, kw_only=True):
+    model: str
+    threshold: float
+    groups: list[list[str]]  # each sorted, of two images or more
+    next_cursor: str | None  # None on the last page
+    images: int  # how many images the index holds (and were scanned)
+    total_groups: int
 
 
 class StatsRequest(Struct, kw_only=True):

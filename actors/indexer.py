@@ -1,8 +1,9 @@
 """The indexer actor: the NATS micro service ``indexer`` in front of the per-model vector indexes in Redis.
 
 Endpoints ``index.upsert``, ``index.query``, ``index.delete`` and ``index.stats`` are thin calls into
-``VectorIndex``; ``runtime.typed`` turns bad requests into 400 and Redis outages into 503. Replicas share the
-service's queue group, and every write is idempotent by image id, so running several is safe.
+``VectorIndex``; ``index.groups`` computes near-duplicate groups (one range query per indexed image).
+``runtime.typed`` turns bad requests into 400 and Redis outages into 503. Replicas share the service's queue
+group, and every write is idempotent by image id, so running several is safe.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from fastapi.responses import JSONResponse
 from nats.micro.request import Request
 from prometheus_client import Counter, Histogram
 
-from actors import contract
+from actors import contract, duplicates
 from actors.adapters.vector_index import VectorIndex
 from actors.contract import (
     DeleteReply,
     DeleteRequest,
+    GroupsReply,
+    GroupsRequest,
     IndexStats,
     QueryReply,
     QueryRequest,
@@ -27,7 +30,7 @@ from actors.contract import (
     UpsertReply,
     UpsertRequest,
 )
-from actors.errors import RetryableError
+from actors.errors import PermanentError, RetryableError
 from actors.runtime import ActorProcess, typed
 from actors.settings import Settings
 
@@ -75,6 +78,7 @@ class Indexer:
             exclude_id=req.exclude_id,
             filters=req.filters,
             ef_runtime=req.ef_runtime,
+            min_score=req.min_score,
         )
         elapsed = time.perf_counter() - start
         QUERY_SECONDS.labels(req.model).observe(elapsed)
@@ -89,12 +93,51 @@ class Indexer:
     async def stats(self, req: StatsRequest) -> IndexStats:
         return await self.index.stats(req.model)
 
+    async def groups(self, req: GroupsRequest) -> GroupsReply:
+        """Near-duplicate groups of the model's index, one page of them.
+
+        Cost, on every call: a SCAN of the model's keys, one HGET per image and one ``VECTOR_RANGE`` query per
+        image (pipelined, 100 at a time), so O(N) Redis work for N images; refused above ``max_images``.
+        """
+        if not 0 < req.threshold <= 1:
+            raise PermanentError("threshold must be > 0 and <= 1", code="bad_threshold")
+        if not 1 <= req.limit <= 1000 or not 1 <= req.max_neighbors <= 10_000:
+            raise PermanentError("need 1 <= limit <= 1000 and 1 <= max_neighbors <= 10000", code="bad_limit")
+        start = time.perf_counter()
+        ids = await self.index.image_ids(req.model)
+        if len(ids) > req.max_images:
+            raise PermanentError(
+                f"index of {req.model} holds {len(ids)} images, over max_images={req.max_images}",
+                code="too_many_images",
+            )
+        vectors = await self.index.vectors(req.model, ids)
+        near = await self.index.neighbors(req.model, vectors, req.threshold, req.max_neighbors)
+        edges = [(a, hit.image_id) for a, hits in near.items() for hit in hits]
+        groups = duplicates.connected_components(vectors, edges)
+        chunk, next_cursor = duplicates.page(groups, req.cursor, req.limit)
+        log.info(
+            "index.groups",
+            model=req.model,
+            images=len(ids),
+            groups=len(groups),
+            ms=round((time.perf_counter() - start) * 1e3, 1),
+        )
+        return GroupsReply(
+            model=req.model,
+            threshold=req.threshold,
+            groups=chunk,
+            next_cursor=next_cursor,
+            images=len(ids),
+            total_groups=len(groups),
+        )
+
     def endpoints(self) -> dict[str, Callable[[Request], Awaitable[None]]]:
         return {
             contract.INDEX_UPSERT: typed(self.upsert, UpsertRequest),
             contract.INDEX_QUERY: typed(self.query, QueryRequest),
             contract.INDEX_DELETE: typed(self.delete, DeleteRequest),
             contract.INDEX_STATS: typed(self.stats, StatsRequest),
+            contract.INDEX_GROUPS: typed(self.groups, GroupsRequest),
         }
 
 

@@ -18,13 +18,20 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
 
-async def call(nc: Client, subject: str, request: msgspec.Struct, reply_type: type[T], timeout: float = 5.0) -> T:
+async def call(
+    nc: Client,
+    subject: str,
+    request: msgspec.Struct,
+    reply_type: type[T],
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> T:
     """Send ``request`` to a mesh service and decode its reply.
 
+    ``headers`` travel with the request (e.g. ``Mesh-Trace-Id``, which the service binds to its logs).
     Raises ``RetryableError`` when nobody answers in time (the service is down or restarting) and
     ``ServiceCallError`` when the service answered with an error.
     """
-    headers = None
     try:
         msg = await nc.request(subject, contract.encode(request), timeout=timeout, headers=headers)
     except NoRespondersError as e:

@@ -93,6 +93,12 @@ def typed(
     """Adapt ``handler(request_struct) -> reply_struct`` to a micro-service endpoint with typed errors."""
 
     async def endpoint(req: Request) -> None:
+        # the caller's trace id (Mesh-Trace-Id) joins this service's log lines to the upload that caused them
+        trace_id = (req.headers or {}).get(contract.TRACE_HEADER, "")
+        with structlog.contextvars.bound_contextvars(**({"trace_id": trace_id} if trace_id else {})):
+            await _serve(req)
+
+    async def _serve(req: Request) -> None:
         start = time.perf_counter()
         subject = req.subject
         try:

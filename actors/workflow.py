@@ -51,7 +51,12 @@ class ImageEmbedder(Protocol):
 
 class VectorIndex(Protocol):
     async def upsert(
-        self, model: str, image_id: str, vector: np.ndarray, tags: dict[str, str] | None = None
+        self,
+        model: str,
+        image_id: str,
+        vector: np.ndarray,
+        tags: dict[str, str] | None = None,
+        trace_id: str = "",
     ) -> Any: ...
 
 
@@ -140,7 +145,9 @@ class Pipeline:
             if model == models[0]:
                 await self._set(job, Status.EMBEDDED, model=model, embedding_dim=dim)
             async with _stage("index"):
-                await self.index.upsert(model, job.image_id, vector, metadata_tags(rec.metadata))
+                await self.index.upsert(
+                    model, job.image_id, vector, metadata_tags(rec.metadata), trace_id=job.trace_id
+                )
         await self._set(job, Status.INDEXED, model=last_model if len(models) == 1 else models[0])
         await self._set(job, Status.DONE, error=None)
         STAGE_SECONDS.labels("total").observe(time.perf_counter() - started)

@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from actors import preprocess
 from actors.adapters.workflow_store import ImageRecord
 from actors.contract import Status
+from gateway import params
 from gateway.app import ApiError, Services, services
 from gateway.upload import accept_upload
 from gateway.validation import UploadError, parse_metadata, validate_image
 
-MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and the metadata field, on top of the file itself
 SEARCHABLE = frozenset({Status.INDEXED, Status.DONE})
 
 
@@ -49,19 +49,9 @@ async def read_limited(request: Request, file: UploadFile, max_bytes: int) -> by
     return bytes(data)
 
 
-async def check_declared_length(request: Request) -> None:
-    """Refuse an upload whose declared length is over the limit before its body is read."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit():
-        limit = (await services(request).config.get()).max_upload_bytes
-        if int(length) > limit + MULTIPART_OVERHEAD:
-            raise UploadError(413, "too_large", f"the upload is over the limit of {limit} bytes")
-
-
 @router.post(
     "/images/upload",
     status_code=202,
-    dependencies=[Depends(check_declared_length)],
     responses={200: {"description": "identical bytes already uploaded"}, 400: {}, 413: {}, 415: {}, 422: {}},
 )
 async def upload(
@@ -75,7 +65,8 @@ async def upload(
     """Upload an image: 202 with its id when new, 200 with `duplicate: true` for bytes already uploaded."""
     cfg = await svc.config.get()
     data = await read_limited(request, file, cfg.max_upload_bytes)
-    meta = parse_metadata(metadata)
+    # the raw bytes, kept by gateway.forms.UploadGuard: Starlette would decode non-UTF-8 as Latin-1 silently
+    meta = parse_metadata(getattr(request.state, "raw_metadata", None) or metadata)
     info = await asyncio.to_thread(
         validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
     )
@@ -128,26 +119,38 @@ async def get_image(
     return body
 
 
-@router.get("/images/{image_id}/similar", responses={404: {}, 409: {}})
+@router.get(
+    "/images/{image_id}/similar",
+    responses={
+        400: {"description": "bad `filter`, or a page beyond offset 10000"},
+        404: {"description": "unknown image"},
+        409: {"description": "the image is not indexed yet"},
+    },
+)
 async def similar(
     image_id: str,
     svc: Svc,
-    k: Annotated[
-        int | None, Query(ge=1, description="how many results (at most the configured max_k)")
-    ] = None,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    k: params.KParam = None,
+    offset: params.OffsetParam = 0,
+    filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
 ) -> dict[str, Any]:
-    """The stored images most like this one, best first (cosine similarity); the image itself is excluded."""
+    """The stored images most like this one, best first (cosine similarity); the image itself is excluded.
+
+    `k` above the config's `max_k` is clamped to it; `offset` pages (at most 10000). `filter=key:value`
+    (repeatable, ANDed) keeps only images whose upload metadata has that value: the index filters before
+    ranking, so a page holds `k` matching images whenever that many exist.
+    """
     rec = await get_record(svc, image_id)
     if rec.status not in SEARCHABLE or rec.model is None:
         raise ApiError(409, "not_indexed", f"image {image_id} is {rec.status}, not indexed yet")
     cfg = await svc.config.get()
-    k = min(k or cfg.default_k, cfg.max_k)
+    filters = params.parse_filters(filter)
+    size = params.page_size(k, offset, cfg)
     vec = await svc.store.get_embedding(rec.model, image_id)
     if vec is None:
         raise ApiError(409, "not_indexed", f"image {image_id} has no embedding under {rec.model}")
     hits = await svc.index.query(
-        rec.model, vec, k, offset=offset, exclude_id=image_id, ef_runtime=cfg.ef_runtime
+        rec.model, vec, size, offset=offset, exclude_id=image_id, filters=filters, ef_runtime=cfg.ef_runtime
     )
     return {
         "image_id": image_id,

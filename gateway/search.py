@@ -1,9 +1,240 @@
-"""Search beyond the seed: text, query by upload, near-duplicates, delete (filled in by the search work)."""
+"""Search beyond the seed: text to image, query by an image that is not stored, near-duplicates, delete.
+
+Every search runs in the index of the active model (``config.active_model``); filters and pages work as in
+``gateway/params.py``. Near-duplicate means a cosine similarity at or above ``near_duplicate_threshold``
+(README, "Search", for how it was tuned); exact duplicates never get this far (the upload answers
+``duplicate: true``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from gateway.images import require_api_key
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.responses import Response
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, ModelNotFound
+from actors.contract import Hit, ImageEvent, Status
+from actors.errors import ServiceCallError
+from gateway import params
+from gateway.app import ApiError, Services, services
+from gateway.images import (
+    SEARCHABLE,
+    embed_bytes,
+    get_record,
+    read_limited,
+    require_api_key,
+)
+from gateway.validation import validate_image
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
+Svc = Annotated[Services, Depends(services)]
+
+IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
+MAX_QUERY_CHARS = 1000
+
+_R400 = {"description": "bad `filter`, `k`/`offset` beyond the limits, or a bad parameter"}
+_R503 = {"description": "Triton, the indexer or Redis is down: retry later"}
+
+
+def text_model_for(image_model: str) -> str | None:
+    """The text tower paired with an image tower: ``<prefix>_image`` <-> ``<prefix>_text``; None for a model
+    without one (``efficientnet_lite0``). The one place this naming rule is written down (docs/MODELS.md:
+    the CLIP export writes the pair under one prefix, ``MESH_CLIP_PREFIX``)."""
+    prefix = image_model.removesuffix(IMAGE_SUFFIX)
+    if not prefix or prefix == image_model:
+        return None
+    return prefix + TEXT_SUFFIX
+
+
+@contextlib.contextmanager
+def embedding_errors(model: str) -> Iterator[None]:
+    """Triton's failures as the API's: 503 when it may pass, 502 when the model failed on this input."""
+    try:
+        yield
+    except EmbedderUnavailable as e:
+        raise ApiError(503, "unavailable", str(e), headers={"Retry-After": "2"}) from e
+    except EmbedderException as e:
+        raise ApiError(502, "embedder_error", f"{model}: {e}") from e
+
+
+def hits_view(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [{"image_id": h.image_id, "score": h.score} for h in hits]
+
+
+@router.get("/search", responses={400: _R400, 503: _R503})
+async def search_text(
+    svc: Svc,
+    q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="the text to match")],
+    k: params.KParam = None,
+    offset: params.OffsetParam = 0,
+    filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
+) -> dict[str, Any]:
+    """Text to image: the stored images that best match `q`, best first (cosine similarity).
+
+    The text is embedded by the text tower paired with the active model (`clip_image` -> `clip_text`,
+    through Triton) and searched in the active model's index. `400 no_text_tower` when the active model
+    has no text tower (e.g. `efficientnet_lite0`). With the random-weight test CLIP the ranking is real
+    arithmetic but carries no meaning: semantic quality needs real CLIP weights (README, "Search").
+    """
+    cfg = await svc.config.get()
+    filters = params.parse_filters(filter)
+    size = params.page_size(k, offset, cfg)
+    model = cfg.active_model
+    text_model = text_model_for(model)
+    if text_model is None:
+        raise ApiError(400, "no_text_tower", f"the active model {model} has no text tower")
+    with embedding_errors(text_model):
+        try:
+            vec = await svc.embedder.embed_text(text_model, q)
+        except ModelNotFound as e:
+            raise ApiError(400, "no_text_tower", f"Triton does not serve {text_model}") from e
+    hits = await svc.index.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
+    return {"model": model, "results": hits_view(hits)}
+
+
+@router.post(
+    "/search/image",
+    responses={
+        400: {"description": "not an image, a broken image, or a bad parameter"},
+        413: {"description": "over the byte or pixel limit"},
+        415: {"description": "a format that is not allowed"},
+        503: _R503,
+    },
+)
+async def search_image(
+    request: Request,
+    svc: Svc,
+    file: Annotated[UploadFile, File(description="the query image (validated like an upload, never stored)")],
+    k: params.KParam = None,
+    offset: params.OffsetParam = 0,
+    filter: params.FilterParam = [],  # noqa: B006
+) -> dict[str, Any]:
+    """Query by an image that is not stored: the stored images most like it, best first.
+
+    The upload is validated like `POST /images/upload` (same limits, same errors; the byte limit is enforced
+    by `gateway.forms.UploadGuard` before the body is read), embedded with the active model and searched;
+    nothing is written anywhere (no object, record, vector, job or event).
+    """
+    cfg = await svc.config.get()
+    filters = params.parse_filters(filter)
+    size = params.page_size(k, offset, cfg)
+    data = await read_limited(request, file, cfg.max_upload_bytes)
+    await asyncio.to_thread(validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+    model = cfg.active_model
+    with embedding_errors(model):
+        vec = await embed_bytes(svc, model, data)
+    hits = await svc.index.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
+    return {"model": model, "results": hits_view(hits)}
+
+
+ThresholdParam = Annotated[
+    float | None,
+    Query(gt=0, le=1, description="cosine similarity cut (default: the config's near_duplicate_threshold)"),
+]
+
+
+@router.get(
+    "/images/{image_id}/duplicates",
+    responses={400: _R400, 404: {"description": "unknown image"}, 409: {"description": "not indexed yet"}},
+)
+async def image_duplicates(
+    image_id: str,
+    svc: Svc,
+    k: params.KParam = None,
+    offset: params.OffsetParam = 0,
+    threshold: ThresholdParam = None,
+) -> dict[str, Any]:
+    """The near-duplicates of a stored image: the others at least `threshold` similar, best first.
+
+    A range query (`VECTOR_RANGE`) in the image's model index, paged with `k`/`offset` like `/similar`.
+    """
+    rec = await get_record(svc, image_id)
+    if rec.status not in SEARCHABLE or rec.model is None:
+        raise ApiError(409, "not_indexed", f"image {image_id} is {rec.status}, not indexed yet")
+    cfg = await svc.config.get()
+    size = params.page_size(k, offset, cfg)
+    cut = threshold if threshold is not None else cfg.near_duplicate_threshold
+    vec = await svc.store.get_embedding(rec.model, image_id)
+    if vec is None:
+        raise ApiError(409, "not_indexed", f"image {image_id} has no embedding under {rec.model}")
+    hits = await svc.index.query(rec.model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
+    return {"image_id": image_id, "model": rec.model, "threshold": cut, "results": hits_view(hits)}
+
+
+@router.get(
+    "/duplicates",
+    responses={
+        400: {"description": "bad parameter, or the index is over the indexer's max_images (20000)"},
+        503: _R503,
+    },
+)
+async def duplicate_groups(
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=1000, description="groups per page")] = 50,
+    cursor: Annotated[
+        str, Query(max_length=200, description="`next_cursor` of the previous page; empty for the first")
+    ] = "",
+    threshold: ThresholdParam = None,
+) -> dict[str, Any]:
+    """Near-duplicate groups of the active model's index, a page at a time.
+
+    A group is a connected component of the graph "cosine >= threshold" (two images can share a group
+    through a third). Groups of two or more, each sorted, ordered by their smallest id; `next_cursor` is null
+    on the last page. Cost: every call scans the whole index in the indexer (one range query per image,
+    pipelined), O(N) Redis work; refused above 20000 images.
+    """
+    cfg = await svc.config.get()
+    cut = threshold if threshold is not None else cfg.near_duplicate_threshold
+    try:
+        reply = await svc.index.groups(cfg.active_model, cut, limit=limit, cursor=cursor)
+    except ServiceCallError as e:
+        if e.retryable:
+            raise
+        raise ApiError(400, "index_refused", e.description) from e
+    return {
+        "model": reply.model,
+        "threshold": reply.threshold,
+        "images": reply.images,
+        "total_groups": reply.total_groups,
+        "groups": [{"image_ids": g, "size": len(g)} for g in reply.groups],
+        "next_cursor": reply.next_cursor,
+    }
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        204: {"description": "deleted everywhere"},
+        404: {"description": "unknown image, or already deleted"},
+        503: _R503,
+    },
+)
+async def delete_image(image_id: str, svc: Svc) -> Response:
+    """Delete an image everywhere: every model's index, the object store, its record, history, embeddings
+    and sha256 claim (the same bytes can be uploaded again as a new image); then `images.events.deleted`.
+
+    `204`, then `404` for every later `DELETE` or `GET`: the end state is the same (idempotent), and the
+    status says whether this call found it. The record goes last, so a `DELETE` that failed half way (503)
+    can be sent again and finishes the work. A job still queued for the image finds no record and skips.
+    """
+    rec = await get_record(svc, image_id)
+    vectors = await svc.index.delete(image_id)
+    await svc.objects.delete(rec.object_key)
+    await svc.store.delete(image_id, rec.sha256)
+    await svc.events.publish(
+        ImageEvent(
+            image_id=image_id,
+            status=Status.DELETED,
+            at=time.time(),
+            trace_id=rec.trace_id,
+            detail={"vectors": vectors},
+        )
+    )
+    return Response(status_code=204)

@@ -11,6 +11,8 @@ from actors import contract
 from actors.contract import (
     DeleteReply,
     DeleteRequest,
+    GroupsReply,
+    GroupsRequest,
     Hit,
     IndexStats,
     QueryReply,
@@ -32,10 +34,16 @@ class IndexClient:
         self._timeout = timeout_s
 
     async def upsert(
-        self, model: str, image_id: str, vector: np.ndarray, tags: dict[str, str] | None = None
+        self,
+        model: str,
+        image_id: str,
+        vector: np.ndarray,
+        tags: dict[str, str] | None = None,
+        trace_id: str = "",
     ) -> UpsertReply:
         req = UpsertRequest(model=model, image_id=image_id, vector=_floats(vector), tags=tags or {})
-        return await call(self._nc, contract.INDEX_UPSERT, req, UpsertReply, self._timeout)
+        headers = {contract.TRACE_HEADER: trace_id} if trace_id else None
+        return await call(self._nc, contract.INDEX_UPSERT, req, UpsertReply, self._timeout, headers=headers)
 
     async def query(
         self,
@@ -47,6 +55,7 @@ class IndexClient:
         exclude_id: str | None = None,
         filters: dict[str, str] | None = None,
         ef_runtime: int | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         req = QueryRequest(
             model=model,
@@ -55,6 +64,7 @@ class IndexClient:
             offset=offset,
             exclude_id=exclude_id,
             filters=filters or {},
+            min_score=min_score,
         )
         if ef_runtime is not None and hasattr(req, "ef_runtime"):
             req.ef_runtime = ef_runtime
@@ -75,3 +85,10 @@ class IndexClient:
         return await call(
             self._nc, contract.INDEX_STATS, StatsRequest(model=model), IndexStats, self._timeout
         )
+
+    async def groups(
+        self, model: str, threshold: float, *, limit: int = 50, cursor: str = "", timeout_s: float = 60.0
+    ) -> GroupsReply:
+        """One page of near-duplicate groups (O(N) work in the indexer: a longer timeout than queries)."""
+        req = GroupsRequest(model=model, threshold=threshold, limit=limit, cursor=cursor)
+        return await call(self._nc, contract.INDEX_GROUPS, req, GroupsReply, timeout_s)
