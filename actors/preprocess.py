@@ -68,8 +68,8 @@ def decode_image(data: bytes, target: int | None = None) -> Image.Image:
     if img.format == "JPEG" and target is not None and min(img.size) >= 2 * target:
         # draft keeps at least the requested size, scaling by 1/2, 1/4 or 1/8 in the DCT
         img.draft("RGB", (target, target))
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
+    # an image opens at its first frame (GIF, WebP, TIFF pages): asking n_frames would walk every frame, which
+    # is quadratic for a TIFF with many pages
     img = ImageOps.exif_transpose(img) or img
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from PIL import ExifTags, Image, ImageFile
 
@@ -51,7 +51,7 @@ class ImageInfo:
 
     ``width``/``height`` are as displayed: EXIF orientations 5-8 (rotated by 90 degrees) swap the stored
     dimensions, the way the embedder sees the image after ``ImageOps.exif_transpose``. ``frames`` counts the
-    frames of animations and multi-page TIFFs; only the first is embedded.
+    frames of animations and the pages of TIFFs, up to :data:`MAX_COUNTED_FRAMES`; only the first is embedded.
     """
 
     format: str
@@ -60,6 +60,13 @@ class ImageInfo:
     height: int
     frames: int = 1
     orientation: int = 1
+
+
+# Frames are counted, never decoded, and only up to here: the count is informational, the work to get it must
+# stay bounded (Pillow walks GIF frames and TIFF pages in Python, TIFF in quadratic time).
+MAX_COUNTED_FRAMES: Final = 10_000
+# Progressive JPEG scans accepted (see _check_scans): far above what encoders write, far below a CPU bomb.
+MAX_JPEG_SCANS: Final = 100
 
 
 # Pillow format name -> (the name we report, its media type). MPO is what Pillow calls a JPEG carrying the
@@ -97,7 +104,8 @@ def validate_image(data: bytes | bytearray | memoryview, *, max_bytes: int, max_
     ``broken_image``; 413 ``too_large`` or ``too_many_pixels``; 415 ``unsupported_format``. The pixel limit is
     checked on the size the header declares, before anything is decoded; the effective limit is the smaller
     of ``max_pixels`` and Pillow's ``Image.MAX_IMAGE_PIXELS`` (whose warning is turned into this error).
-    Raises ``TypeError``/``ValueError`` only for programming errors (not bytes, non-positive limits).
+    Raises ``TypeError``/``ValueError``/``RuntimeError`` only for programming errors: not bytes, non-positive
+    limits, or Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` switched on.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"validate_image takes bytes, not {type(data).__name__}")
@@ -139,6 +147,8 @@ def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:
     name, content_type = _ALLOWED.get(str(im.format), (str(im.format), "application/octet-stream"))
     try:
         _check_pixels(im.size, max_pixels)  # the declared size, before a single pixel is decoded
+        if name == "JPEG":
+            _check_scans(data)
         # verify() checks what load() does not (PNG chunk CRCs) but misses truncated pixel data, and leaves
         # the image unusable: reopen and decode the first frame fully as well
         im.verify()
@@ -148,7 +158,7 @@ def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:
         im.load()
         _check_pixels(im.size, max_pixels)  # a few plugins settle the size while loading
         width, height = im.size
-        frames = int(getattr(im, "n_frames", 1))
+        frames = _count_frames(im, data)
         orientation = _orientation(im)
     except UploadError:
         raise
@@ -179,6 +189,17 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
+def _check_scans(data: bytes) -> None:
+    # Every progressive scan costs a pass over the whole image: a few KB of repeated scans make a 16 MP JPEG
+    # take minutes to decode. Encoders write 1 (baseline) to ~20; 0xFFDA cannot occur in entropy-coded data
+    # (0xFF is stuffed there), so counting it counts scans, those of an embedded thumbnail or MPO image too.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise UploadError(
+            400, "broken_image", f"the JPEG has {scans} scans; no encoder writes more than {MAX_JPEG_SCANS}"
+        )
+
+
 def _too_many_pixels(exc: BaseException) -> UploadError:
     return UploadError(413, "too_many_pixels", f"the image has too many pixels ({_short(exc)})")
 
@@ -190,6 +211,64 @@ def _broken(name: str, exc: BaseException) -> UploadError:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _count_frames(im: Image.Image, data: bytes) -> int:
+    """Frames (pages), at most MAX_COUNTED_FRAMES; only the first frame has been decoded and checked."""
+    if im.format == "GIF":
+        return _gif_frames(data)
+    if im.format == "TIFF":
+        return _tiff_frames(data)
+    # PNG (acTL), WebP (libwebp's demuxer) and MPO (its index) declare the count: reading it is cheap
+    return max(1, min(int(getattr(im, "n_frames", 1)), MAX_COUNTED_FRAMES))
+
+
+def _gif_frames(data: bytes) -> int:
+    """Image descriptors of a GIF, found by skipping its blocks (Pillow's n_frames walks them much slower)."""
+    end = len(data)
+    pos = 13  # header and logical screen descriptor
+    if end > 10 and data[10] & 0x80:
+        pos += 3 << ((data[10] & 7) + 1)  # global colour table
+    frames = 0
+    while pos < end and frames < MAX_COUNTED_FRAMES:
+        block = data[pos]
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        elif block == 0x2C and pos + 10 <= end:  # image: descriptor, local colour table, LZW size, sub-blocks
+            flags = data[pos + 9]
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0)
+            pos = _skip_sub_blocks(data, pos + 1)
+            frames += 1
+        else:  # trailer, or trailing junk decoders ignore
+            break
+    return max(frames, 1)
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    end = len(data)
+    while pos < end:
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            break
+    return pos
+
+
+def _tiff_frames(data: bytes) -> int:
+    """Pages of a (Big)TIFF, following the IFD chain (Pillow's seek checks for loops in quadratic time)."""
+    order: Literal["little", "big"] = "little" if data[:2] == b"II" else "big"
+    big = int.from_bytes(data[2:4], order) == 43
+    count_size, entry_size, offset_size = (8, 20, 8) if big else (2, 12, 4)
+    offset = int.from_bytes(data[8:16] if big else data[4:8], order)
+    seen: set[int] = set()
+    while 0 < offset and offset + count_size <= len(data) and offset not in seen:
+        if len(seen) >= MAX_COUNTED_FRAMES:
+            break
+        seen.add(offset)
+        entries = int.from_bytes(data[offset : offset + count_size], order)
+        next_at = offset + count_size + entries * entry_size
+        offset = int.from_bytes(data[next_at : next_at + offset_size], order)
+    return max(len(seen), 1)
 
 
 def _orientation(im: Image.Image) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -137,8 +138,10 @@ def redis_service(s: Settings) -> Service:
     ]
     for module in redis_modules():
         argv += ["--loadmodule", str(module)]
-    # ACL users: the default user is off, the mesh authenticates as its own user
-    argv += ["--user", "default", "off"]
+    # ACL users: the mesh authenticates as its own user. The default user keeps all permissions behind a random
+    # password nobody is told (never `nopass`): Redis replays the AOF as the default user, and with `default off`
+    # every MULTI/EXEC in the AOF fails on restart (NOPERM), silently dropping acknowledged writes.
+    argv += ["--user", "default", "on", f">{secrets.token_hex(32)}", "~*", "&*", "+@all"]
     argv += ["--user", s.redis_user, "on", f">{s.redis_password}", "~*", "&*", "+@all"]
     return Service("redis", argv, tier=0, probe=redis_probe(s))
 

@@ -120,6 +120,7 @@ class Stack:
         """Start supervisord (no programs yet) as a child in its own process group."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.touch(mode=0o600)  # it holds credentials
         self.conf_path.write_text(self.render())
         env = {**os.environ, **settings_env(self.settings)}
         out = open(self.log_dir / "supervisord.out", "ab")

@@ -20,7 +20,7 @@ def test_redis_has_search_and_acl(servers: Stack) -> None:
         assert r.ping()
         modules = {m[b"name"].decode().lower() for m in r.execute_command("MODULE LIST")}
         assert {"search", "rejson"} <= modules
-    # the default user is off: an unauthenticated client is refused
+    # the default user has a secret password (never nopass): an unauthenticated client is refused
     with redis.Redis(host=s.host, port=s.redis_port) as anon:
         try:
             anon.ping()
