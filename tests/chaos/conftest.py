@@ -151,8 +151,12 @@ def assert_ingest_invariants(
     figures["duplicate_vectors"] = len(mine) - len(set(mine))
     figures["stuck"] = sum(1 for i in set(ids) if records[i]["status"] not in ("done", "error"))
     print(f"ingest figures: {figures}")
-    assert figures["distinct_ids"] == len(images), "two uploads of different bytes got the same id, or vice versa"
-    assert figures["done"] == len(images), {i: records[i].get("error") for i in ids if records[i]["status"] != "done"}
+    assert figures["distinct_ids"] == len(images), (
+        "two uploads of different bytes got the same id, or vice versa"
+    )
+    assert figures["done"] == len(images), {
+        i: records[i].get("error") for i in ids if records[i]["status"] != "done"
+    }
     assert figures["vectors"] == len(images)
     assert figures["duplicate_vectors"] == 0 and figures["stuck"] == 0
     return figures

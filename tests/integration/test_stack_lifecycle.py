@@ -65,7 +65,9 @@ def probe_every_server(s: Settings) -> None:
 async def write_one_of_each(s: Settings) -> None:
     nc = await connect_nats(s, "ops")
     try:
-        await nc.jetstream().publish("images.jobs.process", b'{"persist":"me"}', headers={"Nats-Msg-Id": "persist"})
+        await nc.jetstream().publish(
+            "images.jobs.process", b'{"persist":"me"}', headers={"Nats-Msg-Id": "persist"}
+        )
     finally:
         await nc.close()
     with redis.Redis.from_url(s.redis_server_url) as r:
