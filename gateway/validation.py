@@ -17,6 +17,7 @@ import json
 import math
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -149,6 +150,8 @@ def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:
         _check_pixels(im.size, max_pixels)  # the declared size, before a single pixel is decoded
         if name == "JPEG":
             _check_scans(data)
+        elif name == "PNG":
+            _check_png_data(data)  # before load(): a short stream is refused before its frame is allocated
         # verify() checks what load() does not (PNG chunk CRCs) but misses truncated pixel data, and leaves
         # the image unusable: reopen and decode the first frame fully as well
         im.verify()
@@ -198,6 +201,63 @@ def _check_scans(data: bytes) -> None:
         raise UploadError(
             400, "broken_image", f"the JPEG has {scans} scans; no encoder writes more than {MAX_JPEG_SCANS}"
         )
+
+
+# PNG colour type -> samples per pixel (IHDR)
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 passes: (x0, y0, dx, dy)
+_ADAM7: Final = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def _check_png_data(data: bytes) -> None:
+    """The first frame's zlib stream holds every row IHDR declares.
+
+    Pillow's decoder stops quietly when the stream ends early and leaves the missing rows black, so a PNG with
+    whole chunks and right CRCs but short pixel data would pass ``load()``. Inflated in bounded pieces and
+    thrown away: memory stays O(1 MB) whatever the image declares.
+    """
+    pos, expected, produced, in_idat = 8, 0, 0, False
+    inflate = zlib.decompressobj()
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR" and len(body) >= 13:
+            expected = _png_raw_size(body)
+        elif kind == b"IDAT":
+            in_idat = True
+            while body and produced < expected:
+                produced += len(inflate.decompress(body, 1 << 20))
+                body = inflate.unconsumed_tail
+            if produced >= expected:
+                return
+        elif in_idat:  # IDAT chunks are consecutive; what follows (fdAT, IEND) is not the first frame
+            break
+        pos += 12 + length
+    if produced < expected:
+        raise UploadError(
+            400, "broken_image", f"the PNG pixel data ends early ({produced} of {expected} bytes)"
+        )
+
+
+def _png_raw_size(ihdr: bytes) -> int:
+    """Bytes of filtered scanlines (a filter byte per row) that IHDR's size, depth and interlace imply."""
+    width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
+    bits = ihdr[8] * _PNG_CHANNELS.get(ihdr[9], 4)
+    passes = _ADAM7 if ihdr[12] == 1 else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
 
 
 def _too_many_pixels(exc: BaseException) -> UploadError:
