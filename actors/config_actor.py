@@ -37,6 +37,8 @@ from actors.contract import ConfigGet, ConfigSet, MeshConfig
 from actors.errors import PermanentError, RetryableError
 from actors.runtime import ActorProcess, typed
 from actors.settings import Settings
+from actors.steps import STEPS
+from actors.steps.moderation import rules_problem
 
 log = structlog.get_logger("config")
 
@@ -84,7 +86,18 @@ def _steps(v: list[str]) -> str | None:
     for step in v:
         if problem := _name(step):
             return f"step {problem}"
+        if step not in STEPS:
+            return f"unknown step {step!r}; known steps: {', '.join(STEPS)}"
     return f"must not repeat a step, got {v}" if len(set(v)) != len(v) else None
+
+
+def _next_model(v: str) -> str | None:
+    # "" means no switch; whether Triton serves the model is checked by the coordinator's switcher
+    return None if v == "" else _name(v)
+
+
+def _any(_: Any) -> str | None:
+    return None
 
 
 # one rule per field: the type is already checked by msgspec; these are the limits that keep the mesh sane
@@ -100,6 +113,9 @@ RULES: dict[str, Rule] = {
     "ef_runtime": _int_range(1, 100_000),
     "near_duplicate_threshold": _threshold,
     "pipeline_steps": _steps,
+    "next_model": _next_model,
+    "exif_keep_gps": _any,  # a bool: the type check is the whole rule
+    "moderation_rules": rules_problem,
 }
 
 
@@ -139,6 +155,9 @@ def apply_change(current: MeshConfig, key: str, value: Any) -> MeshConfig:
     cfg = check_field(key, value, current)
     if problems := check_document(cfg):
         raise InvalidConfig(key, "; ".join(problems))
+    if key == "next_model" and cfg.next_model == cfg.active_model:
+        # only when setting next_model: the switch's swap writes active_model = next_model, then clears it
+        raise InvalidConfig(key, f"{cfg.next_model!r} is already the active model")
     return cfg
 
 

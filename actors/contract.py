@@ -129,7 +129,13 @@ class MeshConfig(Struct, kw_only=True):
     backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     ef_runtime: int = 200
     near_duplicate_threshold: float = 0.675  # tuned on the altered-copy set (README, "Search")
-    pipeline_steps: list[str] = []  # extension steps run after embedding (e.g. "exif", "moderation")
+    # extension steps (actors/steps) run in this order after the image is fetched and decoded, before embedding
+    pipeline_steps: list[str] = []
+    # a model switch in progress: its index is built in the background, then it becomes active_model ("": none)
+    next_model: str = ""
+    exif_keep_gps: bool = False  # the exif step keeps GPS coordinates in the record (off: privacy)
+    # rules of the moderation step, e.g. "min_side:32", "max_aspect_ratio:4", "flag:reject_metadata:k=v"
+    moderation_rules: list[str] = []
 
 
 class ConfigGet(Struct, kw_only=True):

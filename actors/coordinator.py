@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import partial
 
+import redis.asyncio as aioredis
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -21,12 +23,13 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo
 from prometheus_client import Gauge
 
-from actors import contract
+from actors import contract, model_switch
 from actors.adapters.config_client import ConfigClient, mesh_config_defaults
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
 from actors.adapters.object_store import ObjectMissing, ObjectStore
+from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import (
     CoordinatorStatus,
@@ -81,7 +84,7 @@ class Coordinator:
             while not stop.is_set():
                 limit = max(1, (await self.config.get()).coordinator_concurrency)
                 async with self._slots:
-                    await self._slots.wait_for(lambda: self.in_flight < limit or stop.is_set())
+                    await self._slots.wait_for(partial(self._has_slot, limit, stop))
                 if stop.is_set():
                     break
                 try:
@@ -96,7 +99,13 @@ class Coordinator:
                     self.in_flight += 1
                     IN_FLIGHT.inc()
                     tg.create_task(self._handle(msg))
+        # a pull subscription left open makes the connection's drain wait for its fetch queue (10 s on exit)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
         log.info("coordinator.drained", processed=self.processed, failed=self.failed)
+
+    def _has_slot(self, limit: int, stop: asyncio.Event) -> bool:
+        return self.in_flight < limit or stop.is_set()
 
     async def _ensure_consumer(self, consumer: ConsumerConfig) -> ConsumerInfo:
         """Create the durable consumer, or bring an existing one to the config's delivery policy."""
@@ -257,6 +266,8 @@ async def main(settings: Settings) -> None:
         config = ConfigClient(proc.nc, fallback=mesh_config_defaults(settings))
         store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
+        vectors = VectorIndex.from_settings(settings)  # read-only here: which images the new index holds
+        switch_redis = aioredis.Redis.from_url(settings.redis_server_url, socket_timeout=5)
         async with ObjectStore(settings) as objects:
             pipeline = Pipeline(
                 store=store,
@@ -276,14 +287,27 @@ async def main(settings: Settings) -> None:
                 },
             )
             stop = asyncio.Event()
+            switcher = model_switch.ModelSwitcher(
+                prefix=settings.redis_prefix,
+                redis=switch_redis,
+                js=proc.nc.jetstream(),
+                config=ConfigClient(proc.nc, ttl_s=0.5, fallback=mesh_config_defaults(settings)),
+                store=store,
+                vectors=vectors,
+                embedder=embedder,
+            )
             runner = asyncio.create_task(coordinator.run(stop))
+            switching = asyncio.create_task(switcher.run(stop))  # model switches (actors/model_switch.py)
             waiter = asyncio.create_task(proc.stopped())
-            done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             async with coordinator._slots:
                 coordinator._slots.notify_all()
             await runner  # finish the jobs in flight (drain), or raise what broke the loop
+            await switching
             waiter.cancel()
             pipeline.close()
         await embedder.close()
         await store.close()
+        await vectors.close()
+        await switch_redis.aclose()

@@ -23,7 +23,7 @@ async def call(
     subject: str,
     request: msgspec.Struct,
     reply_type: type[T],
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - passed to nats' request, which owns the deadline
     headers: dict[str, str] | None = None,
 ) -> T:
     """Send ``request`` to a mesh service and decode its reply.

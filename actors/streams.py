@@ -49,7 +49,9 @@ def events_stream(s: Settings) -> StreamConfig:
     )
 
 
-def coordinator_consumer(s: Settings, max_deliver: int, backoff_s: list[float], ack_wait_s: float) -> ConsumerConfig:
+def coordinator_consumer(
+    s: Settings, max_deliver: int, backoff_s: list[float], ack_wait_s: float
+) -> ConsumerConfig:
     # JetStream requires max_deliver > len(backoff); the last backoff step repeats
     backoff = backoff_s[: max(0, max_deliver - 1)] or None
     return ConsumerConfig(

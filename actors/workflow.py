@@ -5,6 +5,10 @@ method as an activity. Every step is idempotent, so a redelivered job never make
 the record is keyed by image id, the vector by (model, image id).
 
 States, in order: pending (gateway) → processing → embedded → indexed → done, or error with a reason.
+Between fetch/decode and embedding run the config's ``pipeline_steps`` (``actors/steps``): they add metadata
+and index tags, write their own history notes (``{"step", "at", ...}``, no ``status``) or reject the image.
+During a model switch (``MeshConfig.next_model``) a new image is embedded and indexed under both models; a
+switch's re-embed job (explicit ``models``, image already done) adds vectors without touching the record.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import structlog
+from PIL import Image
 from prometheus_client import Counter, Histogram
 
 from actors import preprocess
@@ -27,8 +32,10 @@ from actors.adapters.events import Events
 from actors.adapters.workflow_store import ImageRecord, WorkflowStore
 from actors.contract import ErrorInfo, ImageEvent, MeshConfig, ProcessJob, Status
 from actors.errors import PermanentError
+from actors.steps import StepContext, StepsOutcome, run_steps
 
 log = structlog.get_logger("workflow")
+_T = TypeVar("_T")
 
 STAGE_SECONDS = Histogram(
     "mesh_stage_seconds",
@@ -106,8 +113,10 @@ class Pipeline:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def process(self, job: ProcessJob, heartbeat: Callable[[], Awaitable[None]] | None = None) -> str:
-        """Run every step for one job; returns the outcome (``done`` or ``skipped``).
+        """Run every step for one job; returns the outcome (``done``, ``reembedded`` or ``skipped``).
 
+        A job with explicit ``models`` for an image that is already done is a background re-embed (a model
+        switch builds its index so): the vectors are added without touching the record's state or history.
         Raises ``RetryableError`` when a dependency is down (the caller retries later) and ``PermanentError``
         when the image can never be processed (the caller records the error and dead-letters the job).
         """
@@ -117,47 +126,135 @@ class Pipeline:
         if rec is None:
             log_.info("job.skipped", reason="no record (deleted)")
             return "skipped"
-        if rec.status == Status.DONE and rec.attempt >= job.attempt and not job.models:
+        if is_reembed(job, rec):
+            return await self._reembed(job, rec, beat)
+        if rec.status == Status.DONE and rec.attempt >= job.attempt:
             log_.info("job.skipped", reason="already done")
             return "skipped"
         cfg = await self.config.get()
-        models = job.models or [cfg.active_model]
+        # during a model switch a new image lands in both indexes: the one serving and the one being built
+        models = job.models or planned_models(cfg)
         started = time.perf_counter()
 
         await self._set(job, Status.PROCESSING)
-        async with _stage("fetch"):
-            data = await self.objects.get(job.object_key)
-        if hashlib.sha256(data).hexdigest() != job.sha256:
-            raise ContentMismatch(f"object {job.object_key} does not hold the uploaded bytes")
+        data = await self._fetch(job)
         await beat()
+        img = await self._run(_decode, data)
+        metadata = dict(rec.metadata)
+        extra_tags: dict[str, str] = {}
+        if cfg.pipeline_steps:
+            async with _stage("steps"):
+                added = await self._run_steps(job, rec, cfg, data, img, metadata)
+            extra_tags = added.tags
+            if added.metadata:
+                metadata.update(added.metadata)
+                await self.store.update(job.image_id, metadata=metadata)
+            await beat()
+        tags = metadata_tags(metadata) | extra_tags
 
-        last_model, dim = models[0], 0
+        dim = 0
         for model in models:
-            spec = await self.embedder.preprocess_spec(model)
-            async with _stage("preprocess"):
-                pixels = await asyncio.get_running_loop().run_in_executor(self._pool, _pixels, data, spec)
-            await beat()
-            async with _stage("embed"):
-                vector = await self.embedder.embed_image(model, pixels)
-            await self.store.set_embedding(model, job.image_id, vector)
-            last_model, dim = model, int(vector.shape[-1])
-            await beat()
+            try:
+                vector = await self._embed_and_store(job, model, img, beat)
+            except PermanentError as e:
+                if model == models[0] or job.models:
+                    raise
+                # the model being switched to failed on this image: the image still serves under the active
+                # one; the switcher sees the missing vector (and a bad next_model is cancelled by it)
+                await self.store.note(job.image_id, "embed", model=model, error=e.message)
+                log_.warning("image.extra_model_failed", model=model, error=e.message)
+                continue
             if model == models[0]:
+                dim = int(vector.shape[-1])
                 await self._set(job, Status.EMBEDDED, model=model, embedding_dim=dim)
             async with _stage("index"):
-                await self.index.upsert(
-                    model, job.image_id, vector, metadata_tags(rec.metadata), trace_id=job.trace_id
-                )
-        await self._set(job, Status.INDEXED, model=last_model if len(models) == 1 else models[0])
+                await self.index.upsert(model, job.image_id, vector, tags, trace_id=job.trace_id)
+            await beat()
+        await self._set(job, Status.INDEXED, model=models[0])
         await self._set(job, Status.DONE, error=None)
         STAGE_SECONDS.labels("total").observe(time.perf_counter() - started)
         OUTCOMES.labels("done").inc()
         log_.info("image.done", models=models, dim=dim, ms=round((time.perf_counter() - started) * 1000, 1))
         return "done"
 
+    async def _reembed(self, job: ProcessJob, rec: ImageRecord, beat: Callable[[], Awaitable[None]]) -> str:
+        """Add the vectors of ``job.models`` to a done image: no state change, no history entry."""
+        started = time.perf_counter()
+        data = await self._fetch(job)
+        img = await self._run(_decode, data)
+        tags = metadata_tags(rec.metadata)  # the steps' fields are in the record's metadata already
+        for model in job.models:
+            vector = await self._embed_and_store(job, model, img, beat)
+            async with _stage("index"):
+                await self.index.upsert(model, job.image_id, vector, tags, trace_id=job.trace_id)
+        OUTCOMES.labels("reembedded").inc()
+        log.info(
+            "image.reembedded",
+            image_id=job.image_id,
+            models=job.models,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return "reembedded"
+
+    async def _fetch(self, job: ProcessJob) -> bytes:
+        async with _stage("fetch"):
+            data = await self.objects.get(job.object_key)
+        if hashlib.sha256(data).hexdigest() != job.sha256:
+            raise ContentMismatch(f"object {job.object_key} does not hold the uploaded bytes")
+        return data
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Blocking image work (decode, resize) on the pipeline's threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _run_steps(
+        self,
+        job: ProcessJob,
+        rec: ImageRecord,
+        cfg: MeshConfig,
+        data: bytes,
+        img: Image.Image,
+        metadata: dict[str, Any],
+    ) -> StepsOutcome:
+        ctx = StepContext(
+            image_id=job.image_id, data=data, image=img, record=rec, config=cfg, metadata=dict(metadata)
+        )
+
+        async def note(step: str, detail: dict[str, Any]) -> None:
+            await self.store.note(job.image_id, step, **detail)
+
+        return await run_steps(cfg.pipeline_steps, ctx, note)
+
+    async def _embed_and_store(
+        self, job: ProcessJob, model: str, img: Image.Image, beat: Callable[[], Awaitable[None]]
+    ) -> np.ndarray:
+        spec = await self.embedder.preprocess_spec(model)
+        async with _stage("preprocess"):
+            pixels = await self._run(preprocess.to_pixels, img, spec)
+        await beat()
+        async with _stage("embed"):
+            vector = await self.embedder.embed_image(model, pixels)
+        await self.store.set_embedding(model, job.image_id, vector)
+        await beat()
+        return vector
+
     async def fail(self, job: ProcessJob, code: str, reason: str) -> None:
-        """Record that an image can not be processed (after its last delivery, or a permanent error)."""
+        """Record that an image can not be processed (after its last delivery, or a permanent error).
+
+        A failed background re-embed leaves the done image as it is (it still serves under the active model):
+        the failure is a history note, and the model switch sees the vector missing.
+        """
         ERRORS.labels(code).inc()
+        rec = await self.store.get(job.image_id)
+        if rec is not None and is_reembed(job, rec):
+            OUTCOMES.labels("reembed_error").inc()
+            await self.store.note(
+                job.image_id, "reembed", models=job.models, error={"code": code, "message": reason}
+            )
+            log.warning(
+                "image.reembed_error", image_id=job.image_id, models=job.models, code=code, reason=reason
+            )
+            return
         OUTCOMES.labels("error").inc()
         await self._set(job, Status.ERROR, error=ErrorInfo(code=code, message=reason))
         log.warning("image.error", image_id=job.image_id, code=code, reason=reason)
@@ -177,12 +274,25 @@ class Pipeline:
         )
 
 
-def _pixels(data: bytes, spec: preprocess.PreprocessSpec) -> np.ndarray:
+def planned_models(cfg: MeshConfig) -> list[str]:
+    """The models a new image is embedded with: the active one, and the one a switch is building."""
+    if cfg.next_model and cfg.next_model != cfg.active_model:
+        return [cfg.active_model, cfg.next_model]
+    return [cfg.active_model]
+
+
+def is_reembed(job: ProcessJob, rec: ImageRecord) -> bool:
+    """A job that only adds vectors to an image that is already done (not a replay: same attempt)."""
+    return bool(job.models) and rec.status == Status.DONE and rec.attempt >= job.attempt
+
+
+def _decode(data: bytes) -> Image.Image:
     try:
         img = preprocess.decode_image(data)
+        img.load()
     except Exception as e:  # Pillow raises many types for bad bytes
         raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
-    return preprocess.to_pixels(img, spec)
+    return img
 
 
 @asynccontextmanager
@@ -198,4 +308,4 @@ async def _noop() -> None:
     return None
 
 
-__all__ = ["ImageRecord", "Pipeline", "metadata_tags"]
+__all__ = ["ImageRecord", "Pipeline", "is_reembed", "metadata_tags", "planned_models"]

@@ -6,6 +6,7 @@ and ``gateway/health.py`` (health, readiness, mesh status, metrics).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from actors.errors import MeshError, RetryableError, ServiceCallError
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from gateway.forms import UploadGuard
+from gateway.intents import UploadIntents
 from gateway.validation import UploadError
 
 log = structlog.get_logger("gateway")
@@ -53,6 +55,7 @@ class Services:
     index: IndexClient
     embedder: Embedder
     events: Events
+    intents: UploadIntents
 
 
 def services(request: Request) -> Services:
@@ -115,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         nc = await connect_nats(settings, "gateway")
         store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
+        intents = UploadIntents(settings.redis_server_url, settings.redis_prefix)
         async with ObjectStore(settings) as objects:
             app.state.services = Services(
                 settings=settings,
@@ -125,15 +129,21 @@ def create_app(settings: Settings) -> FastAPI:
                 index=IndexClient(nc),
                 embedder=embedder,
                 events=Events(nc),
+                intents=intents,
             )
+            sweeper = asyncio.create_task(intents.run(store, objects), name="upload-intents")
             log.info("gateway.started", port=settings.gateway_port)
             yield
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        await intents.close()
         await embedder.close()
         await store.close()
         with contextlib.suppress(Exception):
             await nc.drain()
 
-    from gateway import health, images, metrics, search, web  # routes import Services from here
+    from gateway import health, images, metrics, models, search, web  # routes import Services from here
 
     app = FastAPI(
         title="Image similarity mesh",
@@ -146,6 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.install(app)
     app.include_router(images.router)
     app.include_router(search.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(web.router)
     return app

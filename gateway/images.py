@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 from typing import Annotated, Any
 
 import msgspec
@@ -12,12 +13,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from actors import preprocess
 from actors.adapters.workflow_store import ImageRecord
-from actors.contract import Status
+from actors.contract import MeshConfig, Status
 from gateway import params
 from gateway.app import ApiError, Services, services
 from gateway.upload import accept_upload
-from gateway.validation import UploadError, parse_metadata, validate_image
+from gateway.validation import ImageInfo, UploadError, parse_metadata, validate_image
 
+# validations (full decodes) at once per process: one per core, so peak memory stays bounded under load
+DECODE_SLOTS = asyncio.Semaphore(os.cpu_count() or 2)
 SEARCHABLE = frozenset({Status.INDEXED, Status.DONE})
 
 
@@ -39,6 +42,15 @@ async def require_api_key(
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 Svc = Annotated[Services, Depends(services)]
+
+
+async def validate(data: bytes, cfg: MeshConfig) -> ImageInfo:
+    """Validate an image off the event loop; a full decode holds up to ~4 bytes per pixel, so at most
+    ``DECODE_SLOTS`` run at once and peak memory stays bounded under load."""
+    async with DECODE_SLOTS:
+        return await asyncio.to_thread(
+            validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
+        )
 
 
 async def read_limited(request: Request, file: UploadFile, max_bytes: int) -> bytes:
@@ -67,9 +79,7 @@ async def upload(
     data = await read_limited(request, file, cfg.max_upload_bytes)
     # the raw bytes, kept by gateway.forms.UploadGuard: Starlette would decode non-UTF-8 as Latin-1 silently
     meta = parse_metadata(getattr(request.state, "raw_metadata", None) or metadata)
-    info = await asyncio.to_thread(
-        validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
-    )
+    info = await validate(data, cfg)
     accepted = await accept_upload(
         data=data,
         info=info,
@@ -78,6 +88,7 @@ async def upload(
         objects=svc.objects,
         nc=svc.nc,
         events=svc.events,
+        intents=svc.intents,
     )
     body: dict[str, Any] = {
         "image_id": accepted.image_id,
@@ -141,22 +152,34 @@ async def similar(
     ranking, so a page holds `k` matching images whenever that many exist.
     """
     rec = await get_record(svc, image_id)
-    if rec.status not in SEARCHABLE or rec.model is None:
-        raise ApiError(409, "not_indexed", f"image {image_id} is {rec.status}, not indexed yet")
     cfg = await svc.config.get()
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
-    vec = await svc.store.get_embedding(rec.model, image_id)
-    if vec is None:
-        raise ApiError(409, "not_indexed", f"image {image_id} has no embedding under {rec.model}")
+    model, vec = await active_embedding(svc, rec, cfg.active_model)
     hits = await svc.index.query(
-        rec.model, vec, size, offset=offset, exclude_id=image_id, filters=filters, ef_runtime=cfg.ef_runtime
+        model, vec, size, offset=offset, exclude_id=image_id, filters=filters, ef_runtime=cfg.ef_runtime
     )
     return {
         "image_id": image_id,
-        "model": rec.model,
+        "model": model,
         "results": [{"image_id": h.image_id, "score": h.score} for h in hits],
     }
+
+
+async def active_embedding(svc: Services, rec: ImageRecord, active_model: str) -> tuple[str, Any]:
+    """The image's vector under the active model (not ``rec.model``, the model at ingest: a model switch
+    re-embeds done images in the background). 409 when it is not indexed yet, or has no vector under the
+    active model yet (an image uploaded before a direct ``active_model`` change, not re-embedded)."""
+    if rec.status not in SEARCHABLE:
+        raise ApiError(409, "not_indexed", f"image {rec.image_id} is {rec.status}, not indexed yet")
+    vec = await svc.store.get_embedding(active_model, rec.image_id)
+    if vec is None:
+        raise ApiError(
+            409,
+            "not_indexed",
+            f"image {rec.image_id} has no vector under the active model {active_model} yet",
+        )
+    return active_model, vec
 
 
 @router.get("/images/{image_id}/content", response_class=Response)
@@ -178,7 +201,7 @@ async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]
     """The embedding service: an image in, its vector out under the active model; nothing is stored."""
     cfg = await svc.config.get()
     data = await read_limited(request, file, cfg.max_upload_bytes)
-    await asyncio.to_thread(validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+    await validate(data, cfg)
     vec = await embed_bytes(svc, cfg.active_model, data)
     return {
         "model": cfg.active_model,

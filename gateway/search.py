@@ -8,7 +8,6 @@ Every search runs in the index of the active model (``config.active_model``); fi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -23,13 +22,13 @@ from actors.errors import ServiceCallError
 from gateway import params
 from gateway.app import ApiError, Services, services
 from gateway.images import (
-    SEARCHABLE,
+    active_embedding,
     embed_bytes,
     get_record,
     read_limited,
     require_api_key,
+    validate,
 )
-from gateway.validation import validate_image
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
 Svc = Annotated[Services, Depends(services)]
@@ -124,7 +123,7 @@ async def search_image(
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
     data = await read_limited(request, file, cfg.max_upload_bytes)
-    await asyncio.to_thread(validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels)
+    await validate(data, cfg)
     model = cfg.active_model
     with embedding_errors(model):
         vec = await embed_bytes(svc, model, data)
@@ -151,19 +150,15 @@ async def image_duplicates(
 ) -> dict[str, Any]:
     """The near-duplicates of a stored image: the others at least `threshold` similar, best first.
 
-    A range query (`VECTOR_RANGE`) in the image's model index, paged with `k`/`offset` like `/similar`.
+    A range query (`VECTOR_RANGE`) in the active model's index, paged with `k`/`offset` like `/similar`.
     """
     rec = await get_record(svc, image_id)
-    if rec.status not in SEARCHABLE or rec.model is None:
-        raise ApiError(409, "not_indexed", f"image {image_id} is {rec.status}, not indexed yet")
     cfg = await svc.config.get()
     size = params.page_size(k, offset, cfg)
     cut = threshold if threshold is not None else cfg.near_duplicate_threshold
-    vec = await svc.store.get_embedding(rec.model, image_id)
-    if vec is None:
-        raise ApiError(409, "not_indexed", f"image {image_id} has no embedding under {rec.model}")
-    hits = await svc.index.query(rec.model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
-    return {"image_id": image_id, "model": rec.model, "threshold": cut, "results": hits_view(hits)}
+    model, vec = await active_embedding(svc, rec, cfg.active_model)
+    hits = await svc.index.query(model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
+    return {"image_id": image_id, "model": model, "threshold": cut, "results": hits_view(hits)}
 
 
 @router.get(

@@ -4,7 +4,8 @@ The order, and why:
 1. Validate everything in memory first (bytes, type, pixels, metadata): bad input stores nothing.
 2. Identical bytes already known: answer with the existing image (and re-publish its job if it is still
    pending: the job's de-duplication id makes that a no-op unless a crash lost the first publish).
-3. Put the object under a key we generate. If this fails nothing else exists yet.
+3. Put the object under a key we generate. If this fails nothing else exists yet. (An upload intent noted
+   before the put lets a sweep remove the object if this process dies before step 4: gateway/intents.py.)
 4. Create the ``pending`` record and claim the sha256, atomically (a concurrent upload of the same bytes loses
    the claim, removes its object and answers ``duplicate``).
 5. Publish the job and wait for JetStream's ack. If that fails, undo 4 and 3, so a retry of the same bytes is
@@ -30,6 +31,7 @@ from actors.adapters.object_store import ObjectStore, object_key
 from actors.adapters.workflow_store import ImageRecord, WorkflowStore
 from actors.contract import ImageEvent, ProcessJob, Status
 from actors.errors import RetryableError
+from gateway.intents import UploadIntents
 from gateway.validation import ImageInfo, sha256_hex
 
 log = structlog.get_logger("gateway.upload")
@@ -82,6 +84,7 @@ async def accept_upload(
     objects: ObjectStore,
     nc: Client,
     events: Events,
+    intents: UploadIntents,
 ) -> Accepted:
     """Store a validated image and queue its processing (see the module docstring for the order)."""
     sha = sha256_hex(data)
@@ -112,12 +115,15 @@ async def accept_upload(
     )
     log_ = log.bind(image_id=image_id, trace_id=trace_id)
 
-    await objects.put(rec.object_key, data, info.content_type)
+    await intents.begin(rec.object_key)  # if this process dies before the record exists, a sweep removes it
     try:
+        await objects.put(rec.object_key, data, info.content_type)
         owner = await store.create(rec)
     except RetryableError:
         await _forget_object(objects, rec.object_key)
+        await intents.end(rec.object_key)
         raise
+    await intents.end(rec.object_key)
     if owner is not None:  # lost the race to a concurrent upload of the same bytes
         await _forget_object(objects, rec.object_key)
         existing = await _existing(store, js, sha)

@@ -507,7 +507,9 @@ class VectorIndex:
         info = await self._info(model)
         done = float(info.get("percent_indexed", 1.0)) if info else 1.0
         if done < 1.0:
-            raise RetryableError(f"the index of {model} is loading ({done:.0%} indexed)", code="index_loading")
+            raise RetryableError(
+                f"the index of {model} is loading ({done:.0%} indexed)", code="index_loading"
+            )
         self._loaded_at[model] = now
 
     async def stats(self, model: str) -> IndexStats:

@@ -194,7 +194,11 @@ class WorkflowStore:
             raw = await self._redis.get(self._emb_key(model, image_id))
         except RedisError as e:
             raise RetryableError(f"workflow store unavailable: {e}") from e
-        return None if raw is None else np.frombuffer(raw if isinstance(raw, bytes) else raw.encode(), np.float32)
+        return (
+            None
+            if raw is None
+            else np.frombuffer(raw if isinstance(raw, bytes) else raw.encode(), np.float32)
+        )
 
     async def delete(self, image_id: str, sha256: str | None = None) -> None:
         """Remove a record, its history, its embeddings and (when it owns it) its sha claim."""

@@ -39,11 +39,6 @@ async def run_with_fault(
     accepted = asyncio.Event()
     count = {"n": 0}
 
-    async def watch() -> None:
-        while count["n"] < start_after:
-            await asyncio.sleep(0.05)
-        accepted.set()
-
     async def upload_all() -> tuple[list[str], list[list[int]]]:
         sem = asyncio.Semaphore(8)
 
@@ -51,6 +46,8 @@ async def run_with_fault(
             async with sem:
                 result = await upload_with_retry(gw, data, deadline_s=240)
                 count["n"] += 1
+                if count["n"] >= start_after:
+                    accepted.set()
                 return result
 
         results = await asyncio.gather(*(one(d) for d in images))
@@ -60,9 +57,7 @@ async def run_with_fault(
         await accepted.wait()
         return await fault(stack, gw)
 
-    watcher = asyncio.create_task(watch())
     (ids, statuses), figures = await asyncio.gather(upload_all(), inject())
-    watcher.cancel()
     records = await wait_terminal(gw, ids, timeout_s=300)
     result: dict[str, object] = dict(assert_ingest_invariants(stack.settings, ids, images, records))
     result.update(figures)

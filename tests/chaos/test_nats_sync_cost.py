@@ -36,8 +36,10 @@ def start_nats(tmp: Path, sync_always: bool) -> tuple[subprocess.Popen[bytes], i
         for u in ("gateway", "coordinator", "config", "indexer", "ops")
     }
     proc = subprocess.Popen(
-        [str(VENV_BIN / "nats-server"), "-c", str(path), "-a", "127.0.0.1", "-p", str(port), "-m", str(mon)]
-        + ["-sd", str(tmp / f"js-{sync_always}")],
+        [
+            *(str(VENV_BIN / "nats-server"), "-c", str(path), "-a", "127.0.0.1"),
+            *("-p", str(port), "-m", str(mon), "-sd", str(tmp / f"js-{sync_always}")),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -131,25 +131,23 @@ async def test_identical_bytes_are_not_processed_twice(
 
 
 async def test_events_follow_the_seed_states_in_order(client: httpx.AsyncClient, ops_nc) -> None:
-    seen: list[str] = []
-    target: dict[str, str] = {}
-    done = asyncio.Event()
+    events: list[contract.ImageEvent] = []
 
     async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
-        event = contract.decode(msg.data, contract.ImageEvent)
-        if event.image_id == target.get("id"):
-            seen.append(event.status.value)
-            if event.status in contract.TERMINAL:
-                done.set()
+        events.append(contract.decode(msg.data, contract.ImageEvent))
 
+    # subscribed before the upload, and every event kept: the id is known only once the upload answers
     sub = await ops_nc.subscribe(contract.EVENTS_SUBJECTS, cb=on_event)
     try:
-        # the subscription is live before the upload, so no event can be missed
         r = await upload(client, distinct_jpegs(1, seed=303)[0])
-        target["id"] = r.json()["image_id"]
-        await asyncio.wait_for(done.wait(), timeout=60)
+        image_id = r.json()["image_id"]
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(e.image_id == image_id and e.status in contract.TERMINAL for e in events):
+            assert asyncio.get_running_loop().time() < deadline, "no terminal event within 60 s"
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling a list the callback fills
     finally:
         await sub.unsubscribe()
+    seen = [e.status.value for e in events if e.image_id == image_id]
     assert seen == ["pending", "processing", "embedded", "indexed", "done"]
 
 

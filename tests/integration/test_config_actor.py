@@ -163,7 +163,10 @@ async def test_operator_edits_are_seen_and_bad_ones_ignored(cfg_settings: Settin
         await kv.put("near_duplicate_threshold", b"not json")
         got = await call(ops_nc, contract.CONFIG_GET, ConfigGet(), MeshConfig)
         assert (got.max_k, got.active_model) == (50, "clip_vit_b32")
-        assert (got.ef_runtime, got.near_duplicate_threshold) == (200, MeshConfig().near_duplicate_threshold)  # defaults for the bad keys
+        assert (got.ef_runtime, got.near_duplicate_threshold) == (
+            200,
+            MeshConfig().near_duplicate_threshold,
+        )  # defaults for the bad keys
         # still serving, and a set repairs the bad key
         fixed = await ConfigClient(ops_nc).set("ef_runtime", 300)
         assert fixed.ef_runtime == 300
