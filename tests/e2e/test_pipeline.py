@@ -144,7 +144,7 @@ async def test_events_follow_the_seed_states_in_order(client: httpx.AsyncClient,
         deadline = asyncio.get_running_loop().time() + 60
         while not any(e.image_id == image_id and e.status in contract.TERMINAL for e in events):
             assert asyncio.get_running_loop().time() < deadline, "no terminal event within 60 s"
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling a list the callback fills
+            await asyncio.sleep(0.1)
     finally:
         await sub.unsubscribe()
     seen = [e.status.value for e in events if e.image_id == image_id]
