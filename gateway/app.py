@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.adapters.config_client import ConfigClient, mesh_config_defaults
@@ -61,6 +62,34 @@ class Services:
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the gateway answers: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+_ERROR_TEXT = {
+    400: "bad input (empty, missing field, not an image, broken image, bad parameter)",
+    401: "API keys are on and the request has no valid key",
+    404: "no such image",
+    409: "the image is not indexed yet",
+    413: "over the byte or pixel limit",
+    415: "a recognized image format that is not allowed",
+    422: "malformed metadata",
+    503: "a dependency is down; retry (see Retry-After)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these error statuses, all with the contract's error body."""
+    return {s: {"model": ErrorBody, "description": _ERROR_TEXT[s]} for s in statuses}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

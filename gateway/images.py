@@ -15,7 +15,7 @@ from actors import preprocess
 from actors.adapters.workflow_store import ImageRecord
 from actors.contract import MeshConfig, Status
 from gateway import params
-from gateway.app import ApiError, Services, services
+from gateway.app import ApiError, Services, error_responses, services
 from gateway.upload import accept_upload
 from gateway.validation import ImageInfo, UploadError, parse_metadata, validate_image
 
@@ -115,7 +115,7 @@ def record_view(rec: ImageRecord) -> dict[str, Any]:
     return body
 
 
-@router.get("/images/{image_id}")
+@router.get("/images/{image_id}", responses=error_responses(400, 404, 503))
 async def get_image(
     image_id: str,
     svc: Svc,
@@ -182,7 +182,15 @@ async def active_embedding(svc: Services, rec: ImageRecord, active_model: str) -
     return active_model, vec
 
 
-@router.get("/images/{image_id}/content", response_class=Response)
+@router.get(
+    "/images/{image_id}/content",
+    response_class=Response,
+    responses={
+        200: {"description": "the original bytes", "content": {"image/*": {}}},
+        307: {"description": "redirect to a pre-signed object-store URL"},
+        **error_responses(400, 404, 503),
+    },
+)
 async def content(
     image_id: str,
     svc: Svc,
@@ -196,7 +204,7 @@ async def content(
     return Response(data, media_type=rec.content_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.post("/encode")
+@router.post("/encode", responses=error_responses(400, 413, 415, 503))
 async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
     """The embedding service: an image in, its vector out under the active model; nothing is stored."""
     cfg = await svc.config.get()
