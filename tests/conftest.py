@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
 
 from actors.settings import Settings
 
@@ -61,3 +65,15 @@ def test_settings(data_dir: Path, **overrides: object) -> Settings:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def s3_client(settings: Settings) -> Any:
+    """A plain (sync) S3 client on the stack's bucket, for tests that look behind the mesh's back."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_server_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+    )

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
@@ -31,6 +30,7 @@ from gateway.validation import UploadError, validate_image
 from ops.stack.supervisor import Stack
 from tests.chaos.conftest import pid_of, wait_terminal
 from tests.chaos.test_least_privilege import private_gateway
+from tests.conftest import s3_client
 from tests.corpus import (
     Case,
     hostile_cases,
@@ -131,16 +131,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmHWM for pid {pid}")
-
-
-def s3_client(s: Settings) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_server_url,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-        region_name=s.s3_region,
-    )
 
 
 def s3_keys(s: Settings) -> list[str]:

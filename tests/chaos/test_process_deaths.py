@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import httpx
 import redis
-from botocore.config import Config
 
 from actors.adapters.config_client import ConfigClient
 from actors.adapters.object_store import object_key
@@ -34,6 +32,7 @@ from tests.chaos.conftest import (
     wait_healthy,
     wait_terminal,
 )
+from tests.conftest import s3_client as s3
 from tests.images import distinct_jpegs
 
 SEED = 5_300_000
@@ -80,17 +79,6 @@ async def until(predicate: Any, timeout_s: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
-
-
-def s3(settings: Settings) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_server_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-    )
 
 
 def objects_since(settings: Settings, since: datetime) -> dict[str, tuple[str, datetime]]:

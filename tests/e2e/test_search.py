@@ -17,12 +17,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
 import onnxruntime as ort
 import redis
-from botocore.config import Config
 from nats.aio.client import Client
 from PIL import Image
 
@@ -33,6 +31,7 @@ from actors.contract import MeshConfig
 from actors.duplicates import pair_set
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.conftest import s3_client
 from tests.e2e.conftest import wait_status
 from tests.images import distinct_jpegs, jpeg, photo, sibling_set
 
@@ -100,17 +99,6 @@ def indexed_ids(settings: Settings, model: str) -> list[str]:
 def redis_keys(settings: Settings, pattern: str) -> list[str]:
     with redis.Redis.from_url(settings.redis_server_url) as r:
         return [k.decode() for k in r.scan_iter(match=pattern, count=1000)]
-
-
-def s3_client(settings: Settings) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_server_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 def footprint(settings: Settings) -> dict[str, int]:

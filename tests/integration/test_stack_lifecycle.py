@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 import redis
@@ -22,7 +21,7 @@ from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.services import ALL
 from ops.stack.supervisor import Stack, _alive, settings_env
-from tests.conftest import test_settings
+from tests.conftest import s3_client, test_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,16 +35,6 @@ def stack_cli(settings: Settings, command: str, timeout: float = 300) -> subproc
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
-
-
-def s3_client(s: Settings):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_server_url,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-        region_name=s.s3_region,
     )
 
 
