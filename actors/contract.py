@@ -124,7 +124,7 @@ class MeshConfig(Struct, kw_only=True):
     max_pixels: int = 50_000_000
     default_k: int = 10
     max_k: int = 100
-    coordinator_concurrency: int = 8
+    coordinator_concurrency: int = 32  # jobs in flight per coordinator: enough to fill Triton's batches
     max_deliver: int = 5
     backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     ef_runtime: int = 200

@@ -220,6 +220,7 @@ async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]
 
 async def embed_bytes(svc: Services, model: str, data: bytes) -> Any:
     spec = await svc.embedder.preprocess_spec(model)
-    img = await asyncio.to_thread(preprocess.decode_image, data)
+    # decoded exactly as the pipeline does (actors/workflow.py), so the vector matches the stored one
+    img = await asyncio.to_thread(preprocess.decode_image, data, spec.resize)
     pixels = await asyncio.to_thread(preprocess.to_pixels, img, spec)
     return await svc.embedder.embed_image(model, pixels)

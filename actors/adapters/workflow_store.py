@@ -57,6 +57,7 @@ return false
 _JSON_FIELDS = ("metadata", "error")
 _INT_FIELDS = ("size_bytes", "width", "height", "embedding_dim", "attempt")
 _FLOAT_FIELDS = ("created_at", "updated_at")
+_OPTIONAL_TEXT_FIELDS = ("model",)  # stored as "" when None
 
 
 def _text(v: bytes | str) -> str:
@@ -85,8 +86,10 @@ def _load(raw: dict[bytes, bytes]) -> dict[str, Any]:
             out[k] = int(v) if v else None
         elif k in _FLOAT_FIELDS:
             out[k] = float(v)
-        else:
+        elif k in _OPTIONAL_TEXT_FIELDS:
             out[k] = v or None
+        else:
+            out[k] = v
     return out
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the mesh against same-run baselines (``python -m ops.bench``; see docs/BENCHMARKS.md)."""

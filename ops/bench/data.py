@@ -1,0 +1,116 @@
+"""Benchmark inputs: camera-sized JPEGs, ~100 KB upload JPEGs, and embedding-like vectors with structure.
+
+Images start from the photos that ship inside scikit-image (``tests/images.py``), cropped, recoloured and
+given sensor-like noise so they compress like photos. Every repetition re-tags the same JPEGs with a comment
+segment (:func:`tagged`): the bytes (and so the sha256 the gateway de-duplicates on) differ, the decoding
+work does not.
+Vectors are low-rank and clustered like real embeddings; isotropic noise would make any ANN index look broken
+(DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CAMERA_SIZE = (1024, 768)
+
+
+def _bases(size: tuple[int, int]) -> list[Image.Image]:
+    from tests.images import PHOTOS, photo  # scikit-image's photos (a dev dependency, like the bench)
+
+    w, h = size
+    return [photo(n).resize((w + w // 8, h + h // 8), Image.Resampling.BICUBIC) for n in PHOTOS]
+
+
+def _jpeg(arr: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def photo_jpegs(n: int, size: tuple[int, int] = CAMERA_SIZE, seed: int = 0, quality: int = 88) -> list[bytes]:
+    """``n`` different photo-like JPEGs of ``size`` (crop, colour gain, a blob, noise of sigma ~5)."""
+    rng = np.random.default_rng(seed)
+    bases = [np.asarray(b, dtype=np.uint8) for b in _bases(size)]
+    w, h = size
+    # one noise field, shifted per image: drawing fresh Gaussian noise per image costs more than the JPEG
+    noise = rng.normal(0, 5, (h + 64, w + 64, 3)).astype(np.int16)
+    out = []
+    for i in range(n):
+        base = bases[i % len(bases)]
+        x0 = int(rng.integers(0, base.shape[1] - w + 1))
+        y0 = int(rng.integers(0, base.shape[0] - h + 1))
+        gain = (rng.uniform(0.75, 1.2, 3) * 256).astype(np.int32)
+        arr = (base[y0 : y0 + h, x0 : x0 + w].astype(np.int32) * gain) >> 8
+        cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(20, 120))
+        arr[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = rng.integers(0, 255, 3)
+        dx, dy = int(rng.integers(0, 64)), int(rng.integers(0, 64))
+        arr += noise[dy : dy + h, dx : dx + w]
+        out.append(_jpeg(np.clip(arr, 0, 255).astype(np.uint8), quality))
+    return out
+
+
+def sized_jpegs(n: int, target_bytes: int = 100_000, seed: int = 1) -> list[bytes]:
+    """``n`` different JPEGs of about ``target_bytes`` each (the quality is calibrated on the first one)."""
+    size = (640, 480)
+    best_q, best_gap = 85, float("inf")
+    for q in (60, 70, 78, 85, 90, 94):
+        got = len(photo_jpegs(1, size, seed, q)[0])
+        if abs(got - target_bytes) < best_gap:
+            best_q, best_gap = q, abs(got - target_bytes)
+    return photo_jpegs(n, size, seed, best_q)
+
+
+def tagged(jpeg: bytes, tag: str) -> bytes:
+    """The same JPEG with a comment segment after SOI: other bytes (other sha256), identical pixels."""
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    payload = tag.encode()
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def structured_vectors(
+    n: int, dim: int, seed: int = 0, rank: int = 48, clusters: int = 2000, chunk: int = 50_000
+) -> np.ndarray:
+    """``n`` unit float32 vectors: clustered points in a ``rank``-d subspace plus a little full-rank noise."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(rank, dim)).astype(np.float32) / np.sqrt(rank)
+    centers = rng.normal(size=(clusters, rank)).astype(np.float32)
+    spread = rng.uniform(0.3, 0.7, clusters).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        which = rng.integers(0, clusters, m)
+        latent = centers[which] + spread[which, None] * rng.normal(size=(m, rank)).astype(np.float32)
+        x = latent @ basis + 0.08 * rng.normal(size=(m, dim)).astype(np.float32)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def batches(items: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def cached_jpegs(path: Path, make: Callable[[], list[bytes]]) -> list[bytes]:
+    """``make()``'s JPEGs, saved to ``path`` (length-prefixed) the first time and read back after."""
+    if path.exists():
+        raw = path.read_bytes()
+        out, pos = [], 0
+        while pos < len(raw):
+            (n,) = struct.unpack_from(">I", raw, pos)
+            out.append(raw[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        return out
+    images = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(struct.pack(">I", len(d)) + d for d in images))
+    tmp.replace(path)
+    return images

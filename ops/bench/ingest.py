@@ -1,0 +1,168 @@
+"""Ingest throughput: the mesh end to end (upload -> done) against one in-process Python loop.
+
+The baseline does what the mesh does for each image, with none of its distribution: decode and preprocess
+(the pipeline's own functions), batched ONNX Runtime inference on the same model file, and a pipelined Redis
+insert into an HNSW index with the same schema. The mesh run uploads through the gateway with ``uploaders``
+concurrent clients and waits until every record says ``done`` (read straight from Redis, so the waiting adds
+no load to the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+
+from actors import preprocess
+from actors.adapters.embedder import Embedder
+from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
+from ops.bench.data import batches, tagged
+from ops.bench.stack import BenchStack
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A served model as the in-process baselines see it: its ONNX file, preprocessing and dimension."""
+
+    name: str
+    onnx: Path
+    spec: preprocess.PreprocessSpec
+    dim: int
+
+
+async def model_files(bench: BenchStack, repository: Path, name: str) -> ModelFiles:
+    """The model's preprocessing and dimension as the mesh reads them (Triton's config), and its ONNX file."""
+    async with Embedder.from_settings(bench.settings) as embedder:
+        info = await embedder.model_info(name)
+    if info.spec is None:
+        raise ValueError(f"{name} is not an image model")
+    return ModelFiles(name, repository / name / "1" / "model.onnx", info.spec, info.dim)
+
+
+def ort_session(path: Path, threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads  # 0: ORT's choice (every core), as in the Triton backend
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def pixels(data: bytes, spec: preprocess.PreprocessSpec, draft: bool = False) -> np.ndarray:
+    """What ``actors.workflow._pixels`` does (``draft``: let JPEG decode at a reduced scale first)."""
+    img = preprocess.decode_image(data, spec.resize if draft else None)
+    return preprocess.to_pixels(img, spec)
+
+
+async def ensure_baseline_index(redis_url: str, prefix: str, model: str, dim: int) -> None:
+    async with VectorIndex(redis_url, prefix) as index:
+        await index.ensure_index(model, dim)
+
+
+def baseline_ingest(
+    images: list[bytes], m: ModelFiles, session: Any, r: redis.Redis, key_prefix: str, batch: int, tag: str
+) -> float:
+    """Images/s of one Python loop: decode + preprocess, batched inference, pipelined HSET."""
+    input_name = session.get_inputs()[0].name
+    start = time.perf_counter()
+    n = 0
+    for chunk in batches(images, batch):
+        px = np.stack([pixels(d, m.spec) for d in chunk])
+        vecs = session.run(None, {input_name: px})[0]
+        pipe = r.pipeline(transaction=False)
+        for v in vecs:
+            image_id = f"{tag}-{n}"
+            pipe.hset(
+                key_prefix + image_id,
+                mapping={ID_FIELD: image_id, TAGS_FIELD: "", VECTOR_FIELD: v.astype(np.float32).tobytes()},
+            )
+            n += 1
+        pipe.execute()
+    return len(images) / (time.perf_counter() - start)
+
+
+@dataclass
+class MeshRun:
+    images_per_s: float
+    seconds: float
+    upload_seconds: float
+    errors: int
+    stages: dict[str, dict[str, float]]
+
+
+async def _upload_all(base_url: str, images: list[bytes], uploaders: int) -> list[str]:
+    ids: list[str] = []
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for data in images:
+        queue.put_nowait(data)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            data = queue.get_nowait()
+            for attempt in range(5):
+                r = await client.post("/images/upload", files={"file": ("image.jpg", data, "image/jpeg")})
+                if r.status_code in (200, 202):
+                    ids.append(r.json()["image_id"])
+                    break
+                if r.status_code != 503 or attempt == 4:
+                    raise RuntimeError(f"upload failed: HTTP {r.status_code} {r.text[:200]}")
+                await asyncio.sleep(0.5)
+
+    limits = httpx.Limits(max_connections=uploaders, max_keepalive_connections=uploaders)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(uploaders):
+                tg.create_task(worker(client))
+    return ids
+
+
+async def wait_done(r: aioredis.Redis, prefix: str, ids: list[str], timeout_s: float) -> int:
+    """Wait until every record is ``done`` or ``error``; returns how many are ``error``."""
+    pending = list(ids)
+    errors = 0
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        async with r.pipeline(transaction=False) as pipe:
+            for image_id in pending:
+                pipe.hget(f"{prefix}:image:{image_id}", "status")
+            statuses = await pipe.execute()
+        still = []
+        for image_id, st in zip(pending, statuses, strict=True):
+            s = st.decode() if isinstance(st, bytes) else st
+            if s == "error":
+                errors += 1
+            elif s != "done":
+                still.append(image_id)
+        pending = still
+        if pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} of {len(ids)} images not done after {timeout_s:.0f}s")
+            await asyncio.sleep(0.1)
+    return errors
+
+
+async def mesh_ingest(
+    bench: BenchStack, images: list[bytes], tag: str, uploaders: int = 16, timeout_s: float = 900
+) -> MeshRun:
+    """End-to-end images/s through the mesh: first upload sent to last record ``done``."""
+    s = bench.settings
+    tagged_images = [tagged(d, f"{tag}-{i}") for i, d in enumerate(images)]
+    before = bench.stage_times()
+    r = aioredis.Redis.from_url(s.redis_server_url)
+    try:
+        start = time.perf_counter()
+        ids = await _upload_all(bench.base_url, tagged_images, uploaders)
+        uploaded = time.perf_counter() - start
+        errors = await wait_done(r, s.redis_prefix, ids, timeout_s)
+        seconds = time.perf_counter() - start
+    finally:
+        await r.aclose()
+    stages = bench.stage_times().minus(before)
+    return MeshRun(len(images) / seconds, seconds, uploaded, errors, stages)

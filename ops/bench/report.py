@@ -1,0 +1,147 @@
+"""The outputs: ``var/bench/summary.json`` (the headline keys and every figure) and ``docs/BENCHMARKS.md``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from ops.bench.plan import Plan
+from ops.bench.runner import Results
+
+# headline key -> (figure it is the median of, target, "ge" or "le")
+HEADLINES: dict[str, tuple[str, float, str]] = {
+    "ingest_ratio": ("ingest_ratio_clip", 0.8, "ge"),
+    "ingest_ratio_default": ("ingest_ratio_default", 0.5, "ge"),
+    "triton_ratio": ("triton_ratio_clip", 0.9, "ge"),
+    "query_p50_overhead_ms": ("query_p50_overhead_ms_512_{n}", 2.0, "le"),
+    "recall_at_10": ("recall_at_10_512_{n}", 0.95, "ge"),
+    "upload_ratio": ("upload_ratio", 0.5, "ge"),
+}
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": model, "python": platform.python_version()}
+
+
+def summary(res: Results, plan: Plan, started: dt.datetime, total_s: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    met: dict[str, bool] = {}
+    for key, (fig, target, how) in HEADLINES.items():
+        f = res.figures.get(fig.format(n=plan.query_main_n))
+        if f is None:
+            continue
+        out[key] = round(f.median, 4)
+        met[key] = f.median >= target if how == "ge" else f.median <= target
+    extra = {
+        "triton_ratio_default": "triton_ratio_default",
+        "query_p99_overhead_ms": f"query_p99_overhead_ms_512_{plan.query_main_n}",
+        "query_p50_overhead_ms_1280": f"query_p50_overhead_ms_1280_{plan.query_n_1280}",
+        "recall_at_10_1280": f"recall_at_10_1280_{plan.query_n_1280}",
+    }
+    for key, fig in extra.items():
+        if fig in res.figures:
+            out[key] = round(res.figures[fig].median, 4)
+    out["targets_met"] = met
+    out["plan"] = plan.name
+    out["date"] = started.isoformat(timespec="seconds")
+    out["machine"] = machine()
+    out["total_seconds"] = round(total_s, 1)
+    out["step_seconds"] = res.seconds
+    out["figures"] = {k: v.as_dict() for k, v in res.figures.items()}
+    out["details"] = res.details
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def markdown(data: dict[str, Any], plan: Plan) -> str:
+    m = data["machine"]
+    d = data["details"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python -m ops.bench` (`make bench`; `--full` for the issue's sizes, `--large` adds 1M",
+        "vectors). Every figure is the median of the runs with min and max; every ratio is taken run by run",
+        "against a baseline measured in the same run on the same machine, because absolute numbers on a",
+        "shared 2-core machine move with whatever else runs. Raw data: `var/bench/summary.json`.",
+        "",
+        f"- machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}",
+        f"- date: {data['date']}; plan `{plan.name}` ({plan.reps} runs per figure); "
+        f"took {data['total_seconds']:.0f} s",
+        f"- ingest: {d.get('ingest_n_clip')} images (CLIP) and {d.get('ingest_n_default')} (EfficientNet) of "
+        f"{plan.image_size[0]}x{plan.image_size[1]} (mean {d.get('camera_jpeg_kb_mean')} KB), "
+        f"{plan.uploaders} "
+        "concurrent uploaders" + ("; `--full` runs 500" if plan.name == "quick" else ""),
+        f"- HNSW: {d.get('hnsw')}",
+        "",
+        "## Headline figures",
+        "",
+        "| key | value | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, (_, target, how) in HEADLINES.items():
+        if key in data:
+            sign = ">=" if how == "ge" else "<="
+            ok = "yes" if data["targets_met"].get(key) else "**no**"
+            lines.append(f"| `{key}` | {_fmt(data[key])} | {sign} {target} | {ok} |")
+    lines += [
+        "",
+        "## Every figure",
+        "",
+        "| figure | median | min | max | unit |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, f in data["figures"].items():
+        lines.append(
+            f"| `{name}` | {_fmt(f['median'])} | {_fmt(f['min'])} | {_fmt(f['max'])} | {f['unit']} |"
+        )
+    lines += ["", "## Where ingest time goes (coordinator `mesh_stage_seconds`, the median run)", ""]
+    for key in ("stages_clip", "stages_default", "stages_default_2coord"):
+        st = d.get(key)
+        if not st:
+            continue
+        lines += [f"`{key}`:", "", "| stage | images | total s | mean ms |", "| --- | --- | --- | --- |"]
+        for stage, v in st.items():
+            if isinstance(v, dict):
+                lines.append(f"| {stage} | {v['count']:.0f} | {v['seconds']} | {v['mean_ms']} |")
+        lines += [f"\nwall {st.get('_wall_s', 0):.1f} s, of which uploading {st.get('_upload_s', 0):.1f} s\n"]
+    prof = d.get("profile_clip_ingest")
+    if prof:
+        lines += ["## py-spy during a CLIP ingest run (CPU samples)", ""]
+        for proc in ("coordinator", "gateway"):
+            p = prof.get(proc)
+            if not p:
+                continue
+            lines += [
+                f"`{proc}`: {p['seconds_on_cpu']} s on CPU",
+                "",
+                "| leaf function | % |",
+                "| --- | --- |",
+            ]
+            lines += [f"| `{k}` | {v} |" for k, v in p["top_leaf_pct"].items()]
+            lines += ["", "| project frame (inclusive) | % |", "| --- | --- |"]
+            lines += [f"| `{k}` | {v} |" for k, v in p["project_frames_inclusive_pct"].items()]
+            lines.append("")
+    lines += [
+        "## Other details",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in d.items() if not k.startswith(("stages_", "profile_"))}, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,307 @@
+"""Every benchmark, in an order that keeps them from disturbing each other, against one bench stack.
+
+Each ratio is computed run by run (mesh run i over the baseline run i measured right before it), so a noisy
+neighbour on this 2-core machine moves both sides of a ratio together; the figure is the median of the runs
+with their min and max.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import structlog
+
+from ops.bench import inference as inf
+from ops.bench import ingest, query, upload
+from ops.bench.data import cached_jpegs, photo_jpegs, sized_jpegs, tagged
+from ops.bench.plan import Plan
+from ops.bench.profile import Profiler
+from ops.bench.stack import BenchStack
+from ops.bench.stats import Figure, ratios
+
+log = structlog.get_logger("bench")
+BASELINE_PREFIX = "benchbase"  # the in-process baseline's index, beside the mesh's own
+
+
+@dataclass
+class Results:
+    figures: dict[str, Figure] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, values: list[float], unit: str = "") -> Figure:
+        fig = Figure.of(values, unit)
+        self.figures[name] = fig
+        log.info(
+            "bench.figure",
+            name=name,
+            median=round(fig.median, 4),
+            min=round(fig.min, 4),
+            max=round(fig.max, 4),
+        )
+        return fig
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Runner:
+    def __init__(self, plan: Plan, bench: BenchStack, repository: Path, work_dir: Path) -> None:
+        self.plan = plan
+        self.bench = bench
+        self.repository = repository
+        self.work_dir = work_dir
+        self.res = Results()
+        self.clip = f"{bench.settings.clip_prefix}_image"
+        self.default = "efficientnet_lite0"
+        self.models: dict[str, ingest.ModelFiles] = {}
+        self.camera: list[bytes] = []
+
+    async def run(self) -> Results:
+        p = self.plan
+        for name in (self.clip, self.default):
+            self.models[name] = await ingest.model_files(self.bench, self.repository, name)
+        n_img = max(p.ingest_clip_n, p.ingest_default_n, p.profile_n if p.profile else 0)
+        _say(f"making {n_img} images of {p.image_size[0]}x{p.image_size[1]}")
+        w, h = p.image_size
+        self.camera = cached_jpegs(
+            self.work_dir / "images" / f"camera-{w}x{h}-{n_img}.bin", lambda: photo_jpegs(n_img, p.image_size)
+        )
+        self.res.details["camera_jpeg_kb_mean"] = round(
+            float(np.mean([len(d) for d in self.camera])) / 1024, 1
+        )
+        for step in (
+            self.triton,
+            self.in_process,
+            self.ingest,
+            self.scaling,
+            self.profile,
+            self.queries,
+            self.uploads,
+        ):
+            t0 = time.perf_counter()
+            _say(f"{step.__name__} ...")
+            await step()
+            self.res.seconds[step.__name__] = round(time.perf_counter() - t0, 1)
+        return self.res
+
+    # --- 2. Triton vs in-process ONNX Runtime ----------------------------------------------------------
+    async def triton(self) -> None:
+        p = self.plan
+        for name, n, key in (
+            (self.clip, p.triton_clip_n, "clip"),
+            (self.default, p.triton_default_n, "default"),
+        ):
+            m = self.models[name]
+            px = inf.random_pixels(m, n)
+            session = ingest.ort_session(m.onnx)
+            scan = inf.best_batch(session, px)
+            best = max(scan, key=lambda b: scan[b])
+            self.res.details[f"ort_batch_scan_{key}"] = {str(b): round(v, 2) for b, v in scan.items()}
+            tri, ort = [], []
+            for _ in range(p.reps):
+                ort.append(inf.ort_throughput(session, px, best))
+                tri.append(await inf.triton_throughput(self.bench, m, px, p.triton_concurrency))
+            del session
+            self.res.details[f"ort_best_batch_{key}"] = best
+            self.res.add(f"triton_images_per_s_{key}", tri, "images/s")
+            self.res.add(f"ort_images_per_s_{key}", ort, "images/s")
+            self.res.add(f"triton_ratio_{key}", ratios(tri, ort))
+
+    # --- 6. models: fp32 vs int8, preprocessing per core ----------------------------------------------
+    async def in_process(self) -> None:
+        from tests.images import PHOTOS, sibling_set
+
+        p = self.plan
+        imgs = self.camera[: p.preprocess_n]
+        siblings = sibling_set(PHOTOS[: p.sibling_photos])
+        groups = [g for g, _, _ in siblings]
+        sib_bytes = [b for _, _, b in siblings]
+        for name, key in ((self.clip, "clip"), (self.default, "default")):
+            m = self.models[name]
+            self.res.add(
+                f"preprocess_per_core_{key}",
+                [inf.preprocess_rate(m, imgs) for _ in range(p.reps)],
+                "images/s",
+            )
+            self.res.add(
+                f"preprocess_per_core_draft_{key}",
+                [inf.preprocess_rate(m, imgs, draft=True) for _ in range(p.reps)],
+                "images/s",
+            )
+            self.res.details[f"decode_share_of_preprocess_{key}"] = round(inf.decode_share(m, imgs), 3)
+            # int8 Conv (EfficientNet) runs as ConvInteger, far slower on CPU: fewer images keep it short
+            px = inf.random_pixels(m, 16 if key == "default" else max(16, p.triton_clip_n // 2))
+            fp32 = ingest.ort_session(m.onnx)
+            t0 = time.perf_counter()
+            q8_path = inf.quantized(m, self.work_dir / "int8")
+            self.res.details[f"int8_quantize_s_{key}"] = round(time.perf_counter() - t0, 1)
+            int8 = ingest.ort_session(q8_path)
+            f_rates, q_rates = [], []
+            for _ in range(p.reps):
+                f_rates.append(inf.ort_throughput(fp32, px, 16))
+                q_rates.append(inf.ort_throughput(int8, px, 16))
+            self.res.add(f"embed_fp32_images_per_s_{key}", f_rates, "images/s")
+            self.res.add(f"embed_int8_images_per_s_{key}", q_rates, "images/s")
+            self.res.add(f"int8_speedup_{key}", ratios(q_rates, f_rates))
+            v32 = inf.embed_all(fp32, m, sib_bytes)
+            v8 = inf.embed_all(int8, m, sib_bytes)
+            cos = np.sum(v32 * v8, axis=1) / (np.linalg.norm(v32, axis=1) * np.linalg.norm(v8, axis=1))
+            self.res.details[f"sibling_recall_at_4_fp32_{key}"] = round(
+                inf.sibling_recall_at_4(v32, groups), 4
+            )
+            self.res.details[f"sibling_recall_at_4_int8_{key}"] = round(
+                inf.sibling_recall_at_4(v8, groups), 4
+            )
+            self.res.details[f"int8_vs_fp32_cosine_min_{key}"] = round(float(cos.min()), 4)
+
+    # --- 1. ingest ------------------------------------------------------------------------------------
+    async def _ingest_model(self, name: str, key: str, n: int) -> None:
+        p = self.plan
+        m = self.models[name]
+        s = self.bench.settings
+        await self.bench.set_config("active_model", name)
+        await ingest.ensure_baseline_index(s.redis_server_url, BASELINE_PREFIX, name, m.dim)
+        from actors.adapters.vector_index import VectorIndex
+
+        key_prefix = VectorIndex(s.redis_server_url, BASELINE_PREFIX).key_prefix(name)
+        images = self.camera[:n]
+        session = ingest.ort_session(m.onnx)
+        r = redis.Redis.from_url(s.redis_server_url)
+        # warm-up: model config caches, gRPC channels, ORT arenas (not timed)
+        ingest.baseline_ingest(images[:8], m, session, r, key_prefix, p.baseline_batch, f"{key}-warm")
+        await ingest.mesh_ingest(self.bench, images[:8], f"{key}-warm", p.uploaders)
+        base, mesh, stages = [], [], []
+        for rep in range(p.reps):
+            tagged_images = [tagged(d, f"{key}-{rep}-{i}") for i, d in enumerate(images)]
+            base.append(
+                ingest.baseline_ingest(
+                    tagged_images, m, session, r, key_prefix, p.baseline_batch, f"{key}-{rep}"
+                )
+            )
+            run = await ingest.mesh_ingest(self.bench, images, f"{key}-{rep}", p.uploaders)
+            if run.errors:
+                raise RuntimeError(f"{run.errors} images ended in error during the {key} ingest")
+            mesh.append(run.images_per_s)
+            stages.append(run.stages | {"_upload_s": run.upload_seconds, "_wall_s": run.seconds})
+        r.close()
+        self.res.add(f"ingest_baseline_images_per_s_{key}", base, "images/s")
+        self.res.add(f"ingest_mesh_images_per_s_{key}", mesh, "images/s")
+        self.res.add(f"ingest_ratio_{key}", ratios(mesh, base))
+        self.res.details[f"stages_{key}"] = stages[len(stages) // 2]
+        self.res.details[f"ingest_n_{key}"] = n
+
+    async def ingest(self) -> None:
+        await self._ingest_model(self.clip, "clip", self.plan.ingest_clip_n)
+        await self._ingest_model(self.default, "default", self.plan.ingest_default_n)
+
+    # --- 5. two coordinators ------------------------------------------------------------------------------
+    async def scaling(self) -> None:
+        p = self.plan
+        images = self.camera[: p.ingest_default_n]
+        self.bench.add_coordinator()
+        try:
+            runs = []
+            for rep in range(p.reps):
+                run = await ingest.mesh_ingest(self.bench, images, f"two-{rep}", p.uploaders)
+                runs.append(run.images_per_s)
+                last = run
+            self.res.add("ingest_mesh_images_per_s_default_2coord", runs, "images/s")
+            self.res.details["stages_default_2coord"] = last.stages
+        finally:
+            self.bench.remove_coordinators()
+        one = self.res.figures["ingest_mesh_images_per_s_default"]
+        self.res.details["coordinator_scaling_2_over_1"] = round(
+            self.res.figures["ingest_mesh_images_per_s_default_2coord"].median / one.median, 3
+        )
+
+    # --- where the time goes (not timed: py-spy's sampling costs a little) ---------------------------------
+    async def profile(self) -> None:
+        if not self.plan.profile:
+            return
+        await self.bench.set_config("active_model", self.clip)
+        images = self.camera[: self.plan.profile_n]
+        targets = {n: pid for n in ("coordinator", "gateway") if (pid := self.bench.pid(n))}
+        with Profiler(targets, self.work_dir / "profiles") as prof:
+            await ingest.mesh_ingest(self.bench, images, "profile", self.plan.uploaders)
+        self.res.details["profile_clip_ingest"] = prof.summary()
+        await self.bench.set_config("active_model", self.default)
+
+    # --- 3. queries ---------------------------------------------------------------------------------------
+    async def queries(self) -> None:
+        p = self.plan
+        ef = 200
+        cfg_ef = (await self._config()).ef_runtime
+        ef = cfg_ef or ef
+        self.res.details["hnsw"] = {"m": 16, "ef_construction": 200, "ef_runtime": ef}
+        sizes = [(n, 512) for n in p.query_sizes_512] + [(p.query_n_1280, 1280)]
+        for n, dim in sizes:
+            model = f"bench{dim}_{n}"
+            t0 = time.perf_counter()
+            qi = await query.build_index(self.bench, model, n, dim, p.n_queries)
+            self.res.details[f"index_build_s_{dim}_{n}"] = round(time.perf_counter() - t0, 1)
+            # /similar reads the query image's vector under the active model: make the bench index's active
+            await self.bench.set_config("active_model", model)
+            runs = [query.query_pass(self.bench, qi, ef) for _ in range(p.reps)]
+            key = f"{dim}_{n}"
+            self.res.add(f"query_gateway_p50_ms_{key}", [r.gateway_p50_ms for r in runs], "ms")
+            self.res.add(f"query_gateway_p99_ms_{key}", [r.gateway_p99_ms for r in runs], "ms")
+            self.res.add(f"query_raw_p50_ms_{key}", [r.raw_p50_ms for r in runs], "ms")
+            self.res.add(f"query_raw_p99_ms_{key}", [r.raw_p99_ms for r in runs], "ms")
+            self.res.add(f"query_raw_nofilter_p50_ms_{key}", [r.raw_plain_p50_ms for r in runs], "ms")
+            self.res.add(
+                f"query_p50_overhead_ms_{key}", [r.gateway_p50_ms - r.raw_p50_ms for r in runs], "ms"
+            )
+            self.res.add(
+                f"query_p99_overhead_ms_{key}", [r.gateway_p99_ms - r.raw_p99_ms for r in runs], "ms"
+            )
+            self.res.add(f"recall_at_10_{key}", [r.recall_at_10 for r in runs])
+            self.res.add(f"raw_recall_at_10_{key}", [r.raw_recall_at_10 for r in runs])
+            await self._drop(model)
+        await self.bench.set_config("active_model", self.default)
+
+    async def _config(self) -> Any:
+        from actors.adapters.config_client import ConfigClient
+        from actors.runtime import connect_nats
+
+        nc = await connect_nats(self.bench.settings, "ops", name="bench")
+        try:
+            return await ConfigClient(nc).get()
+        finally:
+            await nc.close()
+
+    async def _drop(self, model: str) -> None:
+        from actors.adapters.vector_index import VectorIndex
+
+        async with VectorIndex.from_settings(self.bench.settings) as index:
+            await index.drop(model)
+
+    # --- 4. uploads ---------------------------------------------------------------------------------------
+    async def uploads(self) -> None:
+        p = self.plan
+        images = cached_jpegs(
+            self.work_dir / "images" / f"upload-100k-{p.upload_n}.bin", lambda: sized_jpegs(p.upload_n)
+        )
+        self.res.details["upload_jpeg_kb_mean"] = round(float(np.mean([len(d) for d in images])) / 1024, 1)
+        # the coordinator would compete for the 2 cores: this measures the upload path alone
+        self.bench.stack.stop_service("coordinator")
+        bare, mesh = [], []
+        with upload.bare_server() as bare_url:
+            for rep in range(p.reps):
+                bare.append(
+                    await upload.upload_rate(bare_url, "/upload", images, f"bare-{rep}", p.upload_concurrency)
+                )
+                mesh.append(
+                    await upload.upload_rate(
+                        self.bench.base_url, "/images/upload", images, f"up-{rep}", p.upload_concurrency
+                    )
+                )
+        self.res.add("upload_bare_per_s", bare, "uploads/s")
+        self.res.add("upload_mesh_per_s", mesh, "uploads/s")
+        self.res.add("upload_ratio", ratios(mesh, bare))
