@@ -74,7 +74,7 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and process jobs until ``stop`` is set, then wait for the jobs in flight."""
         cfg = await self.config.get()
-        consumer = coordinator_consumer(self.settings, cfg.max_deliver, cfg.backoff_s, ACK_WAIT_S)
+        consumer = coordinator_consumer(self.settings, cfg.max_deliver, ACK_WAIT_S)
         info = await self._ensure_consumer(consumer)
         # an older consumer may allow fewer deliveries than the config: never wait for one that won't come
         self.consumer_max_deliver = info.config.max_deliver or cfg.max_deliver

@@ -49,11 +49,14 @@ def events_stream(s: Settings) -> StreamConfig:
     )
 
 
-def coordinator_consumer(
-    s: Settings, max_deliver: int, backoff_s: list[float], ack_wait_s: float
-) -> ConsumerConfig:
-    # JetStream requires max_deliver > len(backoff); the last backoff step repeats
-    backoff = backoff_s[: max(0, max_deliver - 1)] or None
+def coordinator_consumer(s: Settings, max_deliver: int, ack_wait_s: float) -> ConsumerConfig:
+    """The coordinators' shared durable consumer.
+
+    No JetStream ``backoff``: it would also replace ``ack_wait`` for jobs still running, so a job that takes
+    longer than the first backoff step (0.5 s) would be delivered again while it runs, spending its deliveries
+    until JetStream gives up on it mid-flight. Crashes are redelivered after ``ack_wait`` (running jobs send
+    in-progress acks), and retries are explicit naks with the configured delay (actors/coordinator.py).
+    """
     return ConsumerConfig(
         durable_name=s.consumer,
         filter_subject=contract.JOBS_SUBJECT,
@@ -61,7 +64,6 @@ def coordinator_consumer(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         max_deliver=max_deliver,
-        backoff=backoff,
         max_ack_pending=1000,
     )
 

@@ -102,6 +102,8 @@ class ModelInfo:
 def _classify(e: InferenceServerException, model: str | None) -> EmbedderException:
     status = str(e.status() or "").removeprefix("StatusCode.")
     message = f"triton: {status or 'error'}: {e.message()}"
+    if "no available versions" in (e.message() or "").lower():  # loading or unloading: not ready yet
+        return EmbedderUnavailable(message, model=model, status="UNAVAILABLE")
     if status == "NOT_FOUND" or "unknown model" in (e.message() or "").lower():
         return ModelNotFound(message, model=model, status=status)
     if status in _RETRYABLE:
@@ -157,6 +159,10 @@ class Embedder:
                 return await fn(*args, client_timeout=self.timeout_s, **kwargs)
             except InferenceServerException as e:
                 err = _classify(e, model)
+            if isinstance(err, ModelNotFound) and not await self.ready():
+                # a Triton that is starting or stopping answers "unknown model" / "no available versions"
+                # for models it does serve: an outage, not a missing model
+                err = EmbedderUnavailable(str(err), model=model, status="UNAVAILABLE")
             if err.status != "UNAVAILABLE" or attempt == self.retries:
                 raise err
             log.warning("embedder.retry", call=what, model=model, attempt=attempt + 1, error=str(err))

@@ -212,11 +212,16 @@ async def test_concurrent_single_image_requests_are_batched(embedder: Embedder, 
     async with httpx.AsyncClient() as http:
         before = (await http.get(url)).text
         vectors = await asyncio.gather(*(embedder.embed_image(EFFICIENTNET, p) for p in images))
-        after = (await http.get(url)).text
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:  # Triton refreshes its metrics every few seconds: wait for all 32 to be counted
+            after = (await http.get(url)).text
+            requests = metric(after, "nv_inference_request_success", EFFICIENTNET) - metric(
+                before, "nv_inference_request_success", EFFICIENTNET
+            )
+            if requests >= 32 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
     assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-4 for v in vectors)
-    requests = metric(after, "nv_inference_request_success", EFFICIENTNET) - metric(
-        before, "nv_inference_request_success", EFFICIENTNET
-    )
     executions = metric(after, "nv_inference_exec_count", EFFICIENTNET) - metric(
         before, "nv_inference_exec_count", EFFICIENTNET
     )
