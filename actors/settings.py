@@ -35,7 +35,6 @@ class Settings(BaseSettings):
     nats_password_config: str = "local-config-pw"
     nats_password_indexer: str = "local-indexer-pw"
     nats_password_ops: str = "local-ops-pw"
-    nats_sync_always: bool = True  # JetStream fsync on every write (see docs/RELIABILITY.md)
 
     # --- Redis --------------------------------------------------------------------------------
     redis_port: int = Field(6379, ge=1, le=65535)

@@ -315,4 +315,4 @@ async def _noop() -> None:
     return None
 
 
-__all__ = ["ImageRecord", "Pipeline", "is_reembed", "metadata_tags", "planned_models"]
+__all__ = ["Pipeline", "is_reembed", "metadata_tags", "planned_models"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,58 +9,14 @@ import boto3
 from botocore.config import Config
 
 from actors.settings import Settings
+from ops.stack.ports import free_port, free_port_block, private_settings
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(n: int) -> int:
-    """The first of ``n`` consecutive free ports (SeaweedFS takes a block)."""
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
+__all__ = ["free_port", "free_port_block", "s3_client", "test_settings"]
 
 
 def test_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for a private stack: every port free, every file under ``data_dir``."""
-    ports = {
-        name: free_port()
-        for name in (
-            "nats_port",
-            "nats_monitor_port",
-            "redis_port",
-            "s3_port",
-            "triton_http_port",
-            "triton_grpc_port",
-            "triton_metrics_port",
-            "gateway_port",
-            "coordinator_http_port",
-            "config_http_port",
-            "indexer_http_port",
-        )
-    }
-    values: dict[str, object] = {
-        **ports,
-        "weed_port_base": free_port_block(12),
-        "data_dir": data_dir,
-        **overrides,
-    }
-    return Settings(**values)  # type: ignore[arg-type]
+    return private_settings(data_dir, **overrides)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,52 +25,15 @@ from actors.contract import ConfigSet, MeshConfig
 from actors.rpc import call
 from actors.runtime import connect_nats
 from actors.settings import Settings
+from ops.stack.ports import free_port, private_settings
 from ops.stack.prepare import prepare
 from ops.stack.services import ROOT
 from ops.stack.supervisor import Stack, StackError, settings_env
 
-PORT_FIELDS = (
-    "nats_port",
-    "nats_monitor_port",
-    "redis_port",
-    "s3_port",
-    "triton_http_port",
-    "triton_grpc_port",
-    "triton_metrics_port",
-    "gateway_port",
-    "coordinator_http_port",
-    "config_http_port",
-    "indexer_http_port",
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_block(n: int) -> int:
-    """The first of ``n`` consecutive free ports (SeaweedFS takes a block)."""
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65000:
-            continue
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
-
 
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a private stack: every port free, every file under ``data_dir``."""
-    values: dict[str, Any] = {name: free_port() for name in PORT_FIELDS}
-    values |= {"weed_port_base": free_port_block(12), "data_dir": data_dir, "log_level": "warning"}
-    return Settings(**(values | overrides))
+    return private_settings(data_dir, **({"log_level": "warning"} | overrides))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import httpx
 
 from ops.bench.data import tagged
-from ops.bench.stack import free_port
+from ops.stack.ports import free_port
 from ops.stack.services import ROOT
 
 
