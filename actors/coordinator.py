@@ -251,11 +251,20 @@ class Coordinator:
                 attempt=rec.attempt + 1,
             )
             await store.update(image_id, attempt=job.attempt)
-            await self.js.publish(
-                contract.JOBS_SUBJECT,
-                contract.encode(job),
-                headers={contract.MSG_ID_HEADER: contract.job_msg_id(job.image_id, job.attempt)},
-            )
+            was_error = rec.status == Status.ERROR
+            if was_error:
+                # queued again: a client polling the image sees the replay at once, not the old error
+                await self.pipeline.requeued(job)
+            try:
+                await self.js.publish(
+                    contract.JOBS_SUBJECT,
+                    contract.encode(job),
+                    headers={contract.MSG_ID_HEADER: contract.job_msg_id(job.image_id, job.attempt)},
+                )
+            except Exception:
+                if was_error:  # nothing was queued: the error stands, the operator can replay again
+                    await self.pipeline.set_error(job, rec.error)
+                raise
             requeued.append(image_id)
         log.info("reprocess.requeued", count=len(requeued))
         return ReprocessReply(requeued=requeued)

@@ -266,6 +266,14 @@ class Pipeline:
         await self._set(job, Status.ERROR, error=ErrorInfo(code=code, message=reason))
         log.warning("image.error", image_id=job.image_id, code=code, reason=reason)
 
+    async def requeued(self, job: ProcessJob) -> None:
+        """An errored image was queued again by an operator's replay: back to ``pending``, error cleared."""
+        await self._set(job, Status.PENDING, error=None)
+
+    async def set_error(self, job: ProcessJob, error: ErrorInfo | None) -> None:
+        """Put an error back (a replay that could not queue its job)."""
+        await self._set(job, Status.ERROR, error=error)
+
     async def _set(self, job: ProcessJob, status: Status, **fields: Any) -> None:
         at = await self.store.transition(job.image_id, status, **fields)
         err = fields.get("error")

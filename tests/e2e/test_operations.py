@@ -163,9 +163,13 @@ async def test_replay_brings_an_errored_image_to_done(
         code, out, err = await run_cli(settings, MESH, "replay", image_id, "--json")
         assert code == 0, (out, err)
         assert json.loads(out) == {"requeued": [image_id], "unknown": []}
+        # as soon as the replay returns, the image is queued again: no client sees the old error any more
+        now = (await client.get(f"/images/{image_id}")).json()
+        assert now["status"] != "error" and now["error"] is None, now
         rec = (await wait_status(client, [image_id], {"done"}, timeout_s=90))[image_id]
         assert rec["error"] is None
-        assert [h["status"] for h in rec["history"] if "status" in h][-1] == "done"
+        states = [h["status"] for h in rec["history"] if "status" in h]
+        assert states[-1] == "done" and states[states.index("error") + 1] == "pending", states
 
         code, out, _ = await run_cli(settings, MESH, "replay", "no-such-image", "--json")
         assert code == 1 and json.loads(out)["unknown"] == ["no-such-image"]
