@@ -169,7 +169,10 @@ class QueryRequest(Struct, kw_only=True):
     """Request on ``index.query``: the k nearest images to a vector, best first."""
 
     model: str
-    vector: list[float]
+    # the query vector: a JSON list (handy from the NATS CLI), or ``vector_f32``, its little-endian float32
+    # bytes (base64 in JSON: what the mesh's own clients send, no float text to print and parse)
+    vector: list[float] = []
+    vector_f32: bytes | None = None
     k: int = 10
     offset: int = 0
     exclude_id: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import structlog
 from fastapi.responses import JSONResponse
 from nats.micro.request import Request
@@ -47,6 +48,18 @@ QUERY_SECONDS = Histogram(
 UPSERTS = Counter("mesh_index_upserts_total", "Vectors upserted", ["model", "created"])
 
 
+def query_vector(req: QueryRequest) -> np.ndarray | list[float]:
+    """The request's vector: ``vector_f32`` (float32 bytes) when given, else the JSON list ``vector``."""
+    if req.vector_f32 is None:
+        return req.vector
+    if req.vector or len(req.vector_f32) % 4:
+        raise PermanentError(
+            "give either vector (numbers) or vector_f32 (float32 bytes, a multiple of 4 long)",
+            code="bad_vector",
+        )
+    return np.frombuffer(req.vector_f32, dtype="<f4")
+
+
 class Indexer:
     """The service's handlers, over one ``VectorIndex``."""
 
@@ -72,7 +85,7 @@ class Indexer:
         start = time.perf_counter()
         hits = await self.index.query(
             req.model,
-            req.vector,
+            query_vector(req),
             req.k,
             offset=req.offset,
             exclude_id=req.exclude_id,

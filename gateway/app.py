@@ -25,6 +25,7 @@ from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.errors import MeshError, RetryableError, ServiceCallError
 from actors.runtime import connect_nats
@@ -53,7 +54,10 @@ class Services:
     store: WorkflowStore
     objects: ObjectStore
     config: ConfigClient
-    index: IndexClient
+    index: IndexClient  # the indexer actor over NATS: deletes, stats, duplicate groups
+    # the read side of the same vector indexes, straight from Redis: a similarity query is one FT.SEARCH, and a
+    # NATS hop to the indexer cost more than the search itself (docs/BENCHMARKS.md); writes stay with the indexer
+    search: VectorIndex
     embedder: Embedder
     events: Events
     intents: UploadIntents
@@ -62,6 +66,12 @@ class Services:
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def services_dependency(request: Request) -> Services:
+    """``services`` for ``Depends``: async, because FastAPI runs a plain ``def`` dependency in a worker thread
+    (a thread hop on every request)."""
+    return services(request)
 
 
 class ErrorDetail(BaseModel):
@@ -148,7 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
         store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
         intents = UploadIntents(settings.redis_server_url, settings.redis_prefix)
-        async with ObjectStore(settings) as objects:
+        async with ObjectStore(settings) as objects, VectorIndex.from_settings(settings) as vectors:
             app.state.services = Services(
                 settings=settings,
                 nc=nc,
@@ -156,6 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
                 objects=objects,
                 config=ConfigClient(nc, fallback=mesh_config_defaults(settings)),
                 index=IndexClient(nc),
+                search=vectors,
                 embedder=embedder,
                 events=Events(nc),
                 intents=intents,

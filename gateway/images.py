@@ -15,7 +15,7 @@ from actors import preprocess
 from actors.adapters.workflow_store import ImageRecord
 from actors.contract import MeshConfig, Status
 from gateway import params
-from gateway.app import ApiError, Services, error_responses, services
+from gateway.app import ApiError, Services, error_responses, services, services_dependency
 from gateway.upload import accept_upload
 from gateway.validation import ImageInfo, UploadError, parse_metadata, validate_image
 
@@ -41,7 +41,7 @@ async def require_api_key(
 
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(services_dependency)]
 
 
 async def validate(data: bytes, cfg: MeshConfig) -> ImageInfo:
@@ -151,12 +151,11 @@ async def similar(
     (repeatable, ANDed) keeps only images whose upload metadata has that value: the index filters before
     ranking, so a page holds `k` matching images whenever that many exist.
     """
-    rec = await get_record(svc, image_id)
     cfg = await svc.config.get()
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
-    model, vec = await active_embedding(svc, rec, cfg.active_model)
-    hits = await svc.index.query(
+    model, vec = await active_embedding(svc, image_id, cfg.active_model)
+    hits = await svc.search.query(
         model, vec, size, offset=offset, exclude_id=image_id, filters=filters, ef_runtime=cfg.ef_runtime
     )
     return {
@@ -166,18 +165,21 @@ async def similar(
     }
 
 
-async def active_embedding(svc: Services, rec: ImageRecord, active_model: str) -> tuple[str, Any]:
-    """The image's vector under the active model (not ``rec.model``, the model at ingest: a model switch
-    re-embeds done images in the background). 409 when it is not indexed yet, or has no vector under the
-    active model yet (an image uploaded before a direct ``active_model`` change, not re-embedded)."""
-    if rec.status not in SEARCHABLE:
-        raise ApiError(409, "not_indexed", f"image {rec.image_id} is {rec.status}, not indexed yet")
-    vec = await svc.store.get_embedding(active_model, rec.image_id)
+async def active_embedding(svc: Services, image_id: str, active_model: str) -> tuple[str, Any]:
+    """The image's vector under the active model (not the model at ingest: a model switch re-embeds done
+    images in the background), read with its state in one round trip. 404 for an unknown image; 409 when it
+    is not indexed yet, or has no vector under the active model yet (an image uploaded before a direct
+    ``active_model`` change, not re-embedded)."""
+    status, vec = await svc.store.status_and_embedding(image_id, active_model)
+    if status is None:
+        raise ApiError(404, "not_found", f"no image {image_id}")
+    if status not in SEARCHABLE:
+        raise ApiError(409, "not_indexed", f"image {image_id} is {status}, not indexed yet")
     if vec is None:
         raise ApiError(
             409,
             "not_indexed",
-            f"image {rec.image_id} has no vector under the active model {active_model} yet",
+            f"image {image_id} has no vector under the active model {active_model} yet",
         )
     return active_model, vec
 

@@ -27,11 +27,11 @@ from actors.adapters.vector_index import MODEL_RE
 from actors.errors import MeshError, RetryableError
 from actors.model_switch import read_progress, request_key, switch_target
 from actors.settings import Settings
-from gateway.app import ApiError, Services, services
+from gateway.app import ApiError, Services, services_dependency
 from gateway.images import require_api_key
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(services_dependency)]
 
 # Triton reports per-model counters for every model it loaded, used or not
 _METRIC_MODEL = re.compile(r'^nv_inference_count\{[^}]*model="([^"]+)"', re.MULTILINE)

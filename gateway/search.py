@@ -20,7 +20,7 @@ from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, Mod
 from actors.contract import Hit, ImageEvent, Status
 from actors.errors import ServiceCallError
 from gateway import params
-from gateway.app import ApiError, Services, services
+from gateway.app import ApiError, Services, services_dependency
 from gateway.images import (
     active_embedding,
     embed_bytes,
@@ -31,7 +31,7 @@ from gateway.images import (
 )
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
-Svc = Annotated[Services, Depends(services)]
+Svc = Annotated[Services, Depends(services_dependency)]
 
 IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
 MAX_QUERY_CHARS = 1000
@@ -92,7 +92,7 @@ async def search_text(
             vec = await svc.embedder.embed_text(text_model, q)
         except ModelNotFound as e:
             raise ApiError(400, "no_text_tower", f"Triton does not serve {text_model}") from e
-    hits = await svc.index.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
+    hits = await svc.search.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
     return {"model": model, "results": hits_view(hits)}
 
 
@@ -127,7 +127,7 @@ async def search_image(
     model = cfg.active_model
     with embedding_errors(model):
         vec = await embed_bytes(svc, model, data)
-    hits = await svc.index.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
+    hits = await svc.search.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
     return {"model": model, "results": hits_view(hits)}
 
 
@@ -152,12 +152,11 @@ async def image_duplicates(
 
     A range query (`VECTOR_RANGE`) in the active model's index, paged with `k`/`offset` like `/similar`.
     """
-    rec = await get_record(svc, image_id)
     cfg = await svc.config.get()
     size = params.page_size(k, offset, cfg)
     cut = threshold if threshold is not None else cfg.near_duplicate_threshold
-    model, vec = await active_embedding(svc, rec, cfg.active_model)
-    hits = await svc.index.query(model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
+    model, vec = await active_embedding(svc, image_id, cfg.active_model)
+    hits = await svc.search.query(model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
     return {"image_id": image_id, "model": model, "threshold": cut, "results": hits_view(hits)}
 
 

@@ -59,7 +59,7 @@ class IndexClient:
     ) -> list[Hit]:
         req = QueryRequest(
             model=model,
-            vector=_floats(vector),
+            vector_f32=np.asarray(vector, dtype="<f4").tobytes(),
             k=k,
             offset=offset,
             exclude_id=exclude_id,

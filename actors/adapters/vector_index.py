@@ -391,7 +391,7 @@ class VectorIndex:
     async def query(
         self,
         model: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | np.ndarray,
         k: int,
         offset: int = 0,
         exclude_id: str | None = None,
@@ -421,13 +421,18 @@ class VectorIndex:
             q = self.build_range_query(vec, k + offset, min_score, exclude_id or None, filters)
         with redis_errors("query"):
             try:
-                rows = await index.query(q)
-            except RedisVLError as e:
+                # redis-py's FT.SEARCH straight: redisvl's own query path re-shapes every result (a dict per
+                # document) and costs as much Python as the search itself on this hot path (ops/bench)
+                res = await self._client.ft(self.index_name(model)).search(q, query_params=q.params)  # type: ignore[arg-type]
+            except redis.exceptions.ResponseError as e:
                 if is_missing_index(e):  # dropped behind our back (e.g. a model was retired)
                     self._indexes.pop(model, None)
                     return []
                 raise
-        hits = [Hit(image_id=str(r[ID_FIELD]), score=distance_to_score(r["vector_distance"])) for r in rows]
+        hits = [
+            Hit(image_id=str(_text(getattr(d, ID_FIELD))), score=distance_to_score(d.vector_distance))
+            for d in res.docs
+        ]
         return hits[offset : offset + k]
 
     async def image_ids(self, model: str) -> list[str]:

@@ -76,6 +76,10 @@ def _dump(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _vector(raw: bytes | str | None) -> np.ndarray | None:
+    return None if raw is None else np.frombuffer(raw if isinstance(raw, bytes) else raw.encode(), np.float32)
+
+
 def _load(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kb, vb in raw.items():
@@ -197,11 +201,21 @@ class WorkflowStore:
             raw = await self._redis.get(self._emb_key(model, image_id))
         except RedisError as e:
             raise RetryableError(f"workflow store unavailable: {e}") from e
-        return (
-            None
-            if raw is None
-            else np.frombuffer(raw if isinstance(raw, bytes) else raw.encode(), np.float32)
-        )
+        return _vector(raw)
+
+    async def status_and_embedding(
+        self, image_id: str, model: str
+    ) -> tuple[Status | None, np.ndarray | None]:
+        """The image's state (None: no such image) and its vector under ``model``, in one round trip: all
+        that a similarity query by image needs (``get`` would also read every field and the history)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self._key(image_id), "status")
+                pipe.get(self._emb_key(model, image_id))
+                status, raw = await pipe.execute()
+        except RedisError as e:
+            raise RetryableError(f"workflow store unavailable: {e}") from e
+        return (None if status is None else Status(status.decode()), _vector(raw))
 
     async def delete(self, image_id: str, sha256: str | None = None) -> None:
         """Remove a record, its history, its embeddings and (when it owns it) its sha claim."""

@@ -15,9 +15,11 @@ import httpx
 import numpy as np
 import redis
 
+from actors.adapters.index_client import IndexClient
 from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
 from actors.adapters.workflow_store import ImageRecord, WorkflowStore
 from actors.contract import Status
+from actors.runtime import connect_nats
 from ops.bench.data import structured_vectors
 from ops.bench.stack import BenchStack
 from ops.bench.stats import percentile
@@ -61,6 +63,7 @@ async def build_index(
     finally:
         r.close()
     insert_s = time.perf_counter() - start
+    wait_persistence_idle(s.redis_server_url)
     rng = np.random.default_rng(seed + 1)
     queries = [int(q) for q in rng.choice(n, size=min(n_queries, n), replace=False)]
     store = WorkflowStore(s.redis_server_url, s.redis_prefix)
@@ -93,6 +96,22 @@ async def build_index(
         top = np.argpartition(-sims, 10)[:10]
         exact.append({ids[i] for i in top})
     return QueryIndex(model, ids, vectors, queries, exact, insert_s)
+
+
+def wait_persistence_idle(redis_url: str, timeout_s: float = 600) -> None:
+    """Wait out the AOF rewrite / RDB save that a bulk insert of hundreds of MB sets off: its fork and disk
+    writes take one of two cores for a minute and would land in the query figures (p99 of 600 ms seen)."""
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
+    try:
+        while time.monotonic() < deadline:
+            info = r.info("persistence")
+            if not any(int(info.get(k, 0)) for k in busy):
+                return
+            time.sleep(1)
+    finally:
+        r.close()
 
 
 @dataclass
@@ -160,3 +179,20 @@ def query_pass(bench: BenchStack, qi: QueryIndex, ef_runtime: int, warmup: int =
         recall_at_10=found_gw / n,
         raw_recall_at_10=found_raw / n,
     )
+
+
+async def nats_pass(bench: BenchStack, qi: QueryIndex, ef_runtime: int, warmup: int = 10) -> float:
+    """p50 ms of the same queries through the indexer's ``index.query`` over NATS (what the gateway used to
+    call): the price of the actor hop, for comparison with the gateway's direct read."""
+    nc = await connect_nats(bench.settings, "gateway", name="bench")
+    times: list[float] = []
+    try:
+        client = IndexClient(nc)
+        for j, q in enumerate(qi.queries[:warmup] + qi.queries):
+            t0 = time.perf_counter()
+            await client.query(qi.model, qi.vectors[q], 10, exclude_id=qi.ids[q], ef_runtime=ef_runtime)
+            if j >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        await nc.close()
+    return 1000 * percentile(times, 50)

@@ -249,7 +249,9 @@ class Runner:
             # /similar reads the query image's vector under the active model: make the bench index's active
             await self.bench.set_config("active_model", model)
             runs = [query.query_pass(self.bench, qi, ef) for _ in range(p.reps)]
+            nats = [await query.nats_pass(self.bench, qi, ef) for _ in range(p.reps)]
             key = f"{dim}_{n}"
+            self.res.add(f"query_nats_p50_ms_{key}", nats, "ms")
             self.res.add(f"query_gateway_p50_ms_{key}", [r.gateway_p50_ms for r in runs], "ms")
             self.res.add(f"query_gateway_p99_ms_{key}", [r.gateway_p99_ms for r in runs], "ms")
             self.res.add(f"query_raw_p50_ms_{key}", [r.raw_p50_ms for r in runs], "ms")

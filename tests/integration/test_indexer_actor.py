@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from nats.aio.client import Client
 
@@ -110,6 +111,11 @@ async def test_round_trip_over_nats(indexer: Running, ops_nc: Client) -> None:
     assert [h.image_id for h in (await call(ops_nc, contract.INDEX_QUERY, filtered, QueryReply)).results] == [
         "i0"
     ]
+    # the same query with the vector as float32 bytes (base64 in the JSON): what the mesh's own clients send
+    as_bytes = QueryRequest(
+        model=model, vector_f32=np.array([1.0, 0.0, 0.0], "<f4").tobytes(), k=2, exclude_id="i0"
+    )
+    assert (await call(ops_nc, contract.INDEX_QUERY, as_bytes, QueryReply)).results == reply.results
 
     stats = await call(ops_nc, contract.INDEX_STATS, StatsRequest(model=model), IndexStats)
     assert (stats.exists, stats.num_docs, stats.dim) == (True, 3, 3)
@@ -124,7 +130,7 @@ async def test_round_trip_over_nats(indexer: Running, ops_nc: Client) -> None:
         assert (await http.get("/health")).status_code == 200
         assert (await http.get("/ready")).status_code == 200
         metrics = (await http.get("/metrics")).text
-    assert 'mesh_index_query_seconds_count{model="m"} 2.0' in metrics
+    assert 'mesh_index_query_seconds_count{model="m"} 3.0' in metrics
     assert 'mesh_index_upserts_total{created="false",model="m"} 1.0' in metrics
 
     # cleanup: the index lives in the session's Redis
@@ -147,6 +153,14 @@ async def test_bad_requests_get_400(indexer: Running, ops_nc: Client) -> None:
         )
     assert err.value.code == "400" and not err.value.retryable
     assert "dimension" in err.value.description
+    for bad in (
+        QueryRequest(model="m", vector=[1.0, 2.0], vector_f32=np.zeros(2, "<f4").tobytes()),  # both
+        QueryRequest(model="m", vector_f32=b"\x00\x00\x80"),  # not whole float32s
+        QueryRequest(model="m"),  # no vector at all
+    ):
+        with pytest.raises(ServiceCallError) as err:
+            await call(ops_nc, contract.INDEX_QUERY, bad, QueryReply)
+        assert err.value.code == "400" and not err.value.retryable, bad
     await call(ops_nc, contract.INDEX_DELETE, DeleteRequest(image_id="a"), DeleteReply)
 
 
