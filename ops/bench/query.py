@@ -63,7 +63,7 @@ async def build_index(
     finally:
         r.close()
     insert_s = time.perf_counter() - start
-    wait_persistence_idle(s.redis_server_url)
+    wait_quiet(s.redis_server_url, VectorIndex.from_settings(s).index_name(model))
     rng = np.random.default_rng(seed + 1)
     queries = [int(q) for q in rng.choice(n, size=min(n_queries, n), replace=False)]
     store = WorkflowStore(s.redis_server_url, s.redis_prefix)
@@ -98,18 +98,22 @@ async def build_index(
     return QueryIndex(model, ids, vectors, queries, exact, insert_s)
 
 
-def wait_persistence_idle(redis_url: str, timeout_s: float = 600) -> None:
-    """Wait out the AOF rewrite / RDB save that a bulk insert of hundreds of MB sets off: its fork and disk
-    writes take one of two cores for a minute and would land in the query figures (p99 of 600 ms seen)."""
-    r = redis.Redis.from_url(redis_url)
+def wait_quiet(redis_url: str, index_name: str, timeout_s: float = 900) -> None:
+    """Wait until Redis is done with the after-effects of a bulk insert, which would land in the query figures
+    (p50 of 160 ms seen): RediSearch's background scan of the keyspace (FT.CREATE starts one; it holds the main
+    thread in chunks until FT.INFO ``indexing`` is 0), and the AOF rewrite / RDB save that hundreds of MB set
+    off (a fork plus disk writes on one of two cores)."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
     deadline = time.monotonic() + timeout_s
     busy = ("aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")
     try:
         while time.monotonic() < deadline:
             info = r.info("persistence")
-            if not any(int(info.get(k, 0)) for k in busy):
+            scanning = int(r.ft(index_name).info().get("indexing", 0))
+            if not scanning and not any(int(info.get(k, 0)) for k in busy):
                 return
             time.sleep(1)
+        raise RuntimeError(f"Redis still busy with {index_name} after {timeout_s:.0f} s")
     finally:
         r.close()
 

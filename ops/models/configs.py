@@ -106,7 +106,7 @@ def cpu_image_config(name: str, dim: int, spec: PreprocessSpec, b: Batching = CP
         + _io("output", [(OUTPUT, "TYPE_FP32", [dim])])
         + "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
         + _dynamic_batching(b)
-        + _parameters({"preprocess": spec.to_json(), "intra_op_threads": "0"})
+        + _parameters({"preprocess": spec.to_json(), "intra_op_threads": "0", "allow_spinning": "0"})
     )
 
 
@@ -118,7 +118,7 @@ def cpu_text_config(name: str, dim: int, seq_len: int, b: Batching = CPU_BATCHIN
         + _io("output", [(OUTPUT, "TYPE_FP32", [dim])])
         + "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
         + _dynamic_batching(b)
-        + _parameters({"seq_len": str(seq_len), "intra_op_threads": "0"})
+        + _parameters({"seq_len": str(seq_len), "intra_op_threads": "0", "allow_spinning": "0"})
     )
 
 

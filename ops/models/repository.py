@@ -145,6 +145,16 @@ def repository_path(s: Settings) -> Path:
     return (ROOT / s.model_repository).resolve()
 
 
+def refresh_backend(repo: Path) -> list[str]:
+    """Bring every Python-backend ``1/model.py`` of ``repo`` up to ``ops/models/backend/model.py`` (a copy:
+    the weights stay), so a change of the backend reaches models exported before it. Returns their names."""
+    source = BACKEND_MODEL.read_bytes()
+    stale = [p for p in sorted(repo.glob("*/1/model.py")) if p.read_bytes() != source]
+    for p in stale:
+        shutil.copyfile(BACKEND_MODEL, p)
+    return [p.parent.parent.name for p in stale]
+
+
 def ensure_models(s: Settings) -> list[str]:
     """Export the models of ``s.model_set`` that the CPU repository lacks; returns the names (re)written.
 
@@ -165,6 +175,7 @@ def ensure_models(s: Settings) -> list[str]:
 
             checkpoint = s.clip_checkpoint or random_clip(s.data_dir.resolve() / "models")
             written += _export_clip(repo, clip.load(checkpoint), source, "cpu", s.clip_prefix)
+    written += refresh_backend(repo)
     broken = [
         p.name
         for p in sorted(repo.iterdir())

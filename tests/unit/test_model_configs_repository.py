@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ops.models.__main__ import main
-from ops.models.repository import ModelRepositoryError, ensure_models, is_complete
+from ops.models.repository import BACKEND_MODEL, ModelRepositoryError, ensure_models, is_complete
 from tests.conftest import test_settings
 
 
@@ -27,6 +27,14 @@ def test_ensure_models_exports_once_then_is_a_fast_no_op(tmp_path: Path) -> None
     t0 = time.perf_counter()
     assert ensure_models(s) == []
     assert time.perf_counter() - t0 < 0.5
+
+    # a model exported before the backend changed gets the new model.py, and keeps its weights
+    (folder / "1" / "model.py").write_text("# an older backend\n")
+    onnx_mtime = (folder / "1" / "model.onnx").stat().st_mtime_ns
+    assert ensure_models(s) == ["efficientnet_lite0"]
+    assert (folder / "1" / "model.py").read_text() == BACKEND_MODEL.read_text()
+    assert (folder / "1" / "model.onnx").stat().st_mtime_ns == onnx_mtime
+    assert ensure_models(s) == []
 
     (folder / "1" / "model.onnx").unlink()  # a half-deleted folder is made whole again
     assert not is_complete(folder)
