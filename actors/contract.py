@@ -155,7 +155,8 @@ class UpsertRequest(Struct, kw_only=True):
 
     model: str
     image_id: str
-    vector: list[float]
+    vector: list[float] = []  # or vector_f32: its float32 bytes (see QueryRequest)
+    vector_f32: bytes | None = None
     tags: dict[str, str] = {}
 
 

@@ -48,7 +48,7 @@ QUERY_SECONDS = Histogram(
 UPSERTS = Counter("mesh_index_upserts_total", "Vectors upserted", ["model", "created"])
 
 
-def query_vector(req: QueryRequest) -> np.ndarray | list[float]:
+def request_vector(req: QueryRequest | UpsertRequest) -> np.ndarray | list[float]:
     """The request's vector: ``vector_f32`` (float32 bytes) when given, else the JSON list ``vector``."""
     if req.vector_f32 is None:
         return req.vector
@@ -68,7 +68,7 @@ class Indexer:
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
         start = time.perf_counter()
-        created = await self.index.upsert(req.model, req.image_id, req.vector, req.tags)
+        created = await self.index.upsert(req.model, req.image_id, request_vector(req), req.tags)
         elapsed = time.perf_counter() - start
         UPSERT_SECONDS.labels(req.model).observe(elapsed)
         UPSERTS.labels(req.model, str(created).lower()).inc()
@@ -85,7 +85,7 @@ class Indexer:
         start = time.perf_counter()
         hits = await self.index.query(
             req.model,
-            query_vector(req),
+            request_vector(req),
             req.k,
             offset=req.offset,
             exclude_id=req.exclude_id,

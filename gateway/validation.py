@@ -158,9 +158,15 @@ def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:
         im.close()
         im = Image.open(io.BytesIO(data), formats=_OPEN_ALLOWED)
         _check_pixels(im.size, max_pixels)
-        im.load()
-        _check_pixels(im.size, max_pixels)  # a few plugins settle the size while loading
         width, height = im.size
+        if name == "JPEG":
+            # libjpeg still reads and entropy-decodes every scan at 1/8 scale (a truncated or corrupt stream
+            # fails the same), but skips most of the inverse DCT and allocates 1/64 of the pixels
+            im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+        im.load()
+        if name != "JPEG":
+            _check_pixels(im.size, max_pixels)  # a few plugins settle the size while loading
+            width, height = im.size
         frames = _count_frames(im, data)
         orientation = _orientation(im)
     except UploadError:

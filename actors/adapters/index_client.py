@@ -24,8 +24,9 @@ from actors.contract import (
 from actors.rpc import call
 
 
-def _floats(vector: np.ndarray | Sequence[float]) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).astype(float).tolist()
+def _f32(vector: np.ndarray | Sequence[float]) -> bytes:
+    """A vector as little-endian float32 bytes: what ``vector_f32`` of the index messages carries."""
+    return np.asarray(vector, dtype="<f4").tobytes()
 
 
 class IndexClient:
@@ -41,7 +42,7 @@ class IndexClient:
         tags: dict[str, str] | None = None,
         trace_id: str = "",
     ) -> UpsertReply:
-        req = UpsertRequest(model=model, image_id=image_id, vector=_floats(vector), tags=tags or {})
+        req = UpsertRequest(model=model, image_id=image_id, vector_f32=_f32(vector), tags=tags or {})
         headers = {contract.TRACE_HEADER: trace_id} if trace_id else None
         return await call(self._nc, contract.INDEX_UPSERT, req, UpsertReply, self._timeout, headers=headers)
 
@@ -59,7 +60,7 @@ class IndexClient:
     ) -> list[Hit]:
         req = QueryRequest(
             model=model,
-            vector_f32=np.asarray(vector, dtype="<f4").tobytes(),
+            vector_f32=_f32(vector),
             k=k,
             offset=offset,
             exclude_id=exclude_id,

@@ -3,9 +3,10 @@
 A thin adapter over aioboto3 (any S3; SeaweedFS locally). Connection failures and missing objects are
 ``RetryableError`` (object stores can lag behind a write); a key is never built from a user's file name.
 
-``put`` is on every upload's path, so it skips aioboto3's client pipeline (endpoint rules, event hooks,
-response parsing: about 1.6 ms of CPU a call): botocore's own SigV4 signer signs a plain ``PUT`` that one
-aiohttp session sends (about 0.55 ms; measured against SeaweedFS with 100 KB bodies).
+``put`` and ``get`` are on every image's path (the gateway stores, the coordinator fetches), so they skip
+aioboto3's client pipeline (endpoint rules, event hooks, response parsing: about 1.6 ms of CPU a call):
+botocore's own SigV4 signer signs a plain request that one aiohttp session sends (about 0.55 ms; measured
+against SeaweedFS with 100 KB bodies). The rest (delete, head, pre-signed URLs) goes through aioboto3.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class ObjectMissing(RetryableError):
 def object_key(image_id: str) -> str:
     """The object key of an image: derived from the service's own id only (never from a file name)."""
     return f"images/{image_id[:2]}/{image_id}"
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:300].decode(errors="replace")
 
 
 class ObjectStore:
@@ -95,38 +100,45 @@ class ObjectStore:
         return f"{self._settings.s3_server_url.rstrip('/')}/{self.bucket}/{quote(key, safe='/~')}"
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Store ``data`` under ``key``: a SigV4-signed ``PUT`` (see the module docstring), tried twice like
-        aioboto3's ``max_attempts: 2`` when the connection drops or S3 answers 5xx (a PUT is idempotent)."""
+        """Store ``data`` under ``key`` (a signed ``PUT``, see the module docstring)."""
+        status, body = await self._signed("PUT", key, data, {"Content-Type": content_type})
+        if status != 200:
+            raise RetryableError(f"object store put failed: HTTP {status}: {_excerpt(body)}")
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes (a signed ``GET``); ``ObjectMissing`` when there is none under ``key``."""
+        status, body = await self._signed("GET", key)
+        if status == 404:
+            raise ObjectMissing(f"no object {key}")
+        if status != 200:
+            raise RetryableError(f"object store get failed: HTTP {status}: {_excerpt(body)}")
+        return body
+
+    async def _signed(
+        self, method: str, key: str, data: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """One SigV4-signed request for ``key``: its status and body. Tried twice, like aioboto3's
+        ``max_attempts: 2``, when the connection drops or S3 answers 5xx (PUT and GET are idempotent);
+        ``RetryableError`` when both tries fail so."""
         assert self._http is not None, "use ObjectStore as an async context manager"
         url = self.object_url(key)
+        problem = ""
         for attempt in (1, 2):
-            req = AWSRequest(method="PUT", url=url, data=data, headers={"Content-Type": content_type})
+            req = AWSRequest(method=method, url=url, data=data, headers=dict(headers or {}))
             S3SigV4Auth(self._credentials, "s3", self._settings.s3_region).add_auth(req)
             try:
-                async with self._http.put(url, data=data, headers=dict(req.headers.items())) as resp:
+                async with self._http.request(
+                    method, url, data=data or None, headers=dict(req.headers.items())
+                ) as resp:
                     body = await resp.read()
-                    if resp.status == 200:
-                        return
-                    problem = f"HTTP {resp.status}: {body[:300].decode(errors='replace')}"
-                    if resp.status < 500:  # refused (credentials, bucket): retrying cannot help here
-                        break
+                    if resp.status < 500:
+                        return resp.status, body
+                    problem = f"HTTP {resp.status}: {_excerpt(body)}"
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 problem = f"{type(e).__name__}: {e}"
             if attempt == 1:
-                log.info("object_store.put_retry", key=key, problem=problem)
-        raise RetryableError(f"object store put failed: {problem}")
-
-    async def get(self, key: str) -> bytes:
-        try:
-            resp = await self._client.get_object(Bucket=self.bucket, Key=key)
-            async with resp["Body"] as body:
-                return bytes(await body.read())
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectMissing(f"no object {key}") from e
-            raise RetryableError(f"object store get failed: {e}") from e
-        except (BotoCoreError, OSError) as e:
-            raise RetryableError(f"object store get failed: {e}") from e
+                log.info("object_store.retry", method=method, key=key, problem=problem)
+        raise RetryableError(f"object store {method.lower()} failed: {problem}")
 
     async def delete(self, key: str) -> None:
         """Delete an object; deleting a missing key succeeds (S3 semantics), so this is idempotent."""

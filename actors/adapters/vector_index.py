@@ -328,7 +328,11 @@ class VectorIndex:
 
     # --- documents ---------------------------------------------------------------------------------------
     async def upsert(
-        self, model: str, image_id: str, vector: Sequence[float], tags: Mapping[str, str] | None = None
+        self,
+        model: str,
+        image_id: str,
+        vector: Sequence[float] | np.ndarray,
+        tags: Mapping[str, str] | None = None,
     ) -> bool:
         """Store or replace one image's vector; True when the image had none (False: a redelivered job)."""
         key = self.key(model, image_id)

@@ -255,3 +255,26 @@ def test_refuses_to_run_with_truncated_images_allowed(monkeypatch: pytest.Monkey
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError):
         validate_image(png(1), max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("kept", [0.3, 0.7, 0.95, 0.99])
+def test_a_jpeg_cut_anywhere_in_its_pixel_data_is_broken(kept: float, progressive: bool) -> None:
+    # validation decodes JPEGs at 1/8 scale (Image.draft): it must still read every scan to the end
+    data = jpeg(7, size=(640, 480), progressive=progressive)
+    assert validate_image(data, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS).width == 640
+    with pytest.raises(UploadError) as err:
+        validate_image(
+            data[: int(len(data) * kept)], max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS
+        )
+    assert (err.value.status, err.value.code) == (400, "broken_image")
+
+
+def test_a_jpeg_reports_its_full_size_though_decoded_small() -> None:
+    info = validate_image(
+        jpeg(8, size=(1001, 333)), max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS
+    )
+    assert (info.width, info.height) == (1001, 333)
+    with pytest.raises(UploadError) as err:  # the pixel limit is on the real size, not the decoded one
+        validate_image(jpeg(8, size=(1001, 333)), max_bytes=DEFAULT_MAX_BYTES, max_pixels=1001 * 333 - 1)
+    assert err.value.code == "too_many_pixels"

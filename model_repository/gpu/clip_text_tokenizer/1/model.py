@@ -46,7 +46,9 @@ class TritonPythonModel:
             opts.inter_op_num_threads = 1
             # ORT's idle threads spin by default; beside Triton's own threads on a few cores that spinning
             # steals the CPU the batch needs (ops/bench: Triton/in-process 0.58-0.72 -> 0.63-0.89, EfficientNet)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
+            opts.add_session_config_entry(
+                "session.intra_op.allow_spinning", params.get("allow_spinning", "0")
+            )
             path = os.path.join(here, "model.onnx")
             self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             self.onnx_inputs = [i.name for i in self.session.get_inputs()]
