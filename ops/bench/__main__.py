@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ops.bench.plan import FULL, LARGE, QUICK
+from ops.bench.runner import STEPS
 from ops.stack.services import ROOT
 
 
@@ -24,9 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="the issue's sizes (500 images per ingest run)")
     ap.add_argument("--large", action="store_true", help="--full plus 1M vectors")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy pass")
+    ap.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        default=None,
+        metavar="STEP[,STEP]",
+        help=f"run only these steps, of: {','.join(STEPS)}",
+    )
     ap.add_argument("--work-dir", type=Path, default=ROOT / "var" / "bench")
     ap.add_argument("--report", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args(argv)
+    if args.only and args.only - set(STEPS):
+        ap.error(f"unknown step(s) {sorted(args.only - set(STEPS))}; the steps are {','.join(STEPS)}")
     plan = LARGE if args.large else FULL if args.full else QUICK
     if args.no_profile:
         from dataclasses import replace
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         model_repository=repository,
     )
     try:
-        res = asyncio.run(Runner(plan, bench, repository, work).run())
+        res = asyncio.run(Runner(plan, bench, repository, work, only=args.only).run())
     finally:
         bench.close()
     data = summary(res, plan, started, time.perf_counter() - t0)

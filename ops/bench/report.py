@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench.plan import Plan
-from ops.bench.runner import Results
+from ops.bench.runner import STEPS, Results
 
 # headline key -> (figure it is the median of, target, "ge" or "le")
 HEADLINES: dict[str, tuple[str, float, str]] = {
@@ -85,6 +85,7 @@ def summary(res: Results, plan: Plan, started: dt.datetime, total_s: float) -> d
     out["machine"] = machine()
     out["total_seconds"] = round(total_s, 1)
     out["step_seconds"] = res.seconds
+    out["steps"] = list(res.seconds) if len(res.seconds) < len(STEPS) else None
     out["figures"] = {k: v.as_dict() for k, v in res.figures.items()}
     out["details"] = res.details
     return out
@@ -107,7 +108,8 @@ def markdown(data: dict[str, Any], plan: Plan) -> str:
         "",
         f"- machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}",
         f"- date: {data['date']}; plan `{plan.name}` ({plan.reps} runs per figure); "
-        f"took {data['total_seconds']:.0f} s",
+        f"took {data['total_seconds']:.0f} s"
+        + (f"; only the steps {', '.join(data['steps'])}" if data.get("steps") else ""),
         f"- ingest: {d.get('ingest_n_clip')} images (CLIP) and {d.get('ingest_n_default')} (EfficientNet) of "
         f"{plan.image_size[0]}x{plan.image_size[1]} (mean {d.get('camera_jpeg_kb_mean')} KB), "
         f"{plan.uploaders} "

@@ -51,8 +51,22 @@ def _say(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+STEPS = (
+    "triton",
+    "in_process",
+    "ingest",
+    "scaling",
+    "profile",
+    "queries",
+    "uploads",
+)  # in the order they run
+
+
 class Runner:
-    def __init__(self, plan: Plan, bench: BenchStack, repository: Path, work_dir: Path) -> None:
+    def __init__(
+        self, plan: Plan, bench: BenchStack, repository: Path, work_dir: Path, only: set[str] | None = None
+    ) -> None:
+        self.only = only  # step names (STEPS); None: every step
         self.plan = plan
         self.bench = bench
         self.repository = repository
@@ -85,6 +99,8 @@ class Runner:
             self.queries,
             self.uploads,
         ):
+            if self.only is not None and step.__name__ not in self.only:
+                continue
             t0 = time.perf_counter()
             _say(f"{step.__name__} ...")
             await step()
