@@ -104,16 +104,23 @@ def markdown(data: dict[str, Any], plan: Plan) -> str:
         "Written by `python -m ops.bench` (`make bench`; `--full` for the issue's sizes, `--large` adds 1M",
         "vectors). Every figure is the median of the runs with min and max; every ratio is taken run by run",
         "against a baseline measured in the same run on the same machine, because absolute numbers on a",
-        "shared 2-core machine move with whatever else runs. Raw data: `var/bench/summary.json`.",
+        "shared 2-core machine move with whatever else runs. Raw data: `summary.json` in the work",
+        "directory (`var/bench` unless `--work-dir`).",
         "",
         f"- machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}",
         f"- date: {data['date']}; plan `{plan.name}` ({plan.reps} runs per figure); "
         f"took {data['total_seconds']:.0f} s"
         + (f"; only the steps {', '.join(data['steps'])}" if data.get("steps") else ""),
-        f"- ingest: {d.get('ingest_n_clip')} images (CLIP) and {d.get('ingest_n_default')} (EfficientNet) of "
-        f"{plan.image_size[0]}x{plan.image_size[1]} (mean {d.get('camera_jpeg_kb_mean')} KB), "
-        f"{plan.uploaders} "
-        "concurrent uploaders" + ("; `--full` runs 500" if plan.name == "quick" else ""),
+        *(
+            [
+                f"- ingest: {d['ingest_n_clip']} images (CLIP) and {d.get('ingest_n_default')} (EfficientNet) "
+                f"of {plan.image_size[0]}x{plan.image_size[1]} (mean {d.get('camera_jpeg_kb_mean')} KB), "
+                f"{plan.uploaders} concurrent uploaders"
+                + ("; `--full` runs 500" if plan.name == "quick" else "")
+            ]
+            if "ingest_n_clip" in d
+            else []
+        ),
         f"- HNSW: {d.get('hnsw')}",
         "",
         "## Headline figures",
