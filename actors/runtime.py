@@ -183,6 +183,9 @@ class ActorProcess:
                 EndpointConfig(name=subject.replace(".", "_"), subject=subject, handler=handler)
             )
         self._services.append(svc)
+        # the server has every subscription before this returns: a request made as soon as the caller reports
+        # ready finds a responder (a restarted actor's first requests got "no responders" in CI)
+        await self.nc.flush()
         return svc
 
     def stop(self) -> None:

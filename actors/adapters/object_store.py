@@ -58,12 +58,6 @@ class ObjectStore:
             retries={"max_attempts": 2, "mode": "standard"},
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            # as many connections as a gateway has uploads in flight (the default 10 queues the rest)
-            max_pool_connections=64,
-            # the SigV4 signature already covers the body's SHA-256 over plain HTTP, and TLS does over HTTPS:
-            # a CRC32 of every body on top is CPU on the upload path for nothing (only where S3 requires it)
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
         )
         self._cm: Any = None
         self._client: Any = None
