@@ -61,7 +61,10 @@ class ObjectStore:
         )
         self._cm: Any = None
         self._client: Any = None
-        self._credentials = Credentials(settings.s3_access_key, settings.s3_secret_key)
+        # SigV4 for put/get: stateless between requests (each call dates and signs the request it is given)
+        self._signer = S3SigV4Auth(
+            Credentials(settings.s3_access_key, settings.s3_secret_key), "s3", settings.s3_region
+        )
         self._timeout = aiohttp.ClientTimeout(total=2 * timeout_s, connect=timeout_s, sock_read=timeout_s)
         self._http: aiohttp.ClientSession | None = None
 
@@ -119,7 +122,7 @@ class ObjectStore:
         problem = ""
         for attempt in (1, 2):
             req = AWSRequest(method=method, url=url, data=data, headers=dict(headers or {}))
-            S3SigV4Auth(self._credentials, "s3", self._settings.s3_region).add_auth(req)
+            self._signer.add_auth(req)
             try:
                 async with self._http.request(
                     method, url, data=data or None, headers=dict(req.headers.items())

@@ -48,7 +48,7 @@ async def build_index(
     ids = _ids(model, n)
     async with VectorIndex.from_settings(s) as index:
         await index.ensure_index(model, dim)
-        key_prefix = index.key_prefix(model)
+        key_prefix, index_name = index.key_prefix(model), index.index_name(model)
     r = redis.Redis.from_url(s.redis_server_url)
     start = time.perf_counter()
     try:
@@ -63,7 +63,7 @@ async def build_index(
     finally:
         r.close()
     insert_s = time.perf_counter() - start
-    wait_quiet(s.redis_server_url, VectorIndex.from_settings(s).index_name(model))
+    wait_quiet(s.redis_server_url, index_name)
     rng = np.random.default_rng(seed + 1)
     queries = [int(q) for q in rng.choice(n, size=min(n_queries, n), replace=False)]
     store = WorkflowStore(s.redis_server_url, s.redis_prefix)
