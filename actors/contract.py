@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -269,6 +269,61 @@ class ReprocessReply(Struct, kw_only=True):
 T = TypeVar("T")
 
 
+# --- records and model specs ------------------------------------------------------------------------
+
+class ImageRecord(Struct, kw_only=True):
+    """An image's workflow record, as stored and as ``GET /images/{id}`` shows it (less ``embedding``)."""
+
+    image_id: str
+    status: Status
+    sha256: str
+    object_key: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    metadata: dict[str, Any] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    model: str | None = None
+    embedding_dim: int | None = None
+    error: ErrorInfo | None = None
+    trace_id: str = ""
+    attempt: int = 0
+    history: list[dict[str, Any]] = []
+
+
+class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """How a model wants its pixels: resize the shortest edge to ``resize``, center-crop ``crop`` x ``crop``.
+
+    ``mean``/``std`` (0..1 scale, per channel in ``channel_order``) are informative for the client: the model
+    applies them itself when ``normalize_in_model`` is true, which is how this project exports every model.
+    """
+
+    resize: int
+    crop: int
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["HWC"] = "HWC"
+    dtype: Literal["uint8"] = "uint8"
+    normalize_in_model: bool = True
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> PreprocessSpec:
+        """Parse the JSON stored in a model's config (raises ``msgspec.ValidationError`` on a bad spec)."""
+        return msgspec.json.decode(data, type=cls)
+
+    def to_json(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The pixel array shape a request carries for one image: ``[H, W, 3]``."""
+        return (self.crop, self.crop, 3)
+
+
 # --- codec ------------------------------------------------------------------------------------------------
 _encoder = msgspec.json.Encoder()
 
@@ -277,5 +332,13 @@ def encode(msg: msgspec.Struct) -> bytes:
     return _encoder.encode(msg)
 
 
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def decode(data: bytes, kind: type[T]) -> T:
-    return msgspec.json.decode(data, type=kind)
+    """Decode a message of type ``kind``; one decoder per type, built on first use."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    result: T = decoder.decode(data)
+    return result

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-import msgspec
 import numpy as np
 from PIL import Image, ImageOps
+
+from actors.contract import PreprocessSpec
 
 Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
@@ -25,35 +26,6 @@ _RESAMPLE: dict[str, Image.Resampling] = {
 }
 
 
-class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """How a model wants its pixels: resize the shortest edge to ``resize``, center-crop ``crop`` x ``crop``.
-
-    ``mean``/``std`` (0..1 scale, per channel in ``channel_order``) are informative for the client: the model
-    applies them itself when ``normalize_in_model`` is true, which is how this project exports every model.
-    """
-
-    resize: int
-    crop: int
-    resample: Resample = "bicubic"
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    layout: Literal["HWC"] = "HWC"
-    dtype: Literal["uint8"] = "uint8"
-    normalize_in_model: bool = True
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> PreprocessSpec:
-        """Parse the JSON stored in a model's config (raises ``msgspec.ValidationError`` on a bad spec)."""
-        return msgspec.json.decode(data, type=cls)
-
-    def to_json(self) -> str:
-        return msgspec.json.encode(self).decode()
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """The pixel array shape a request carries for one image: ``[H, W, 3]``."""
-        return (self.crop, self.crop, 3)
 
 
 def decode_image(data: bytes, target: int | None = None) -> Image.Image:

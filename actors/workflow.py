@@ -29,8 +29,8 @@ from prometheus_client import Counter, Histogram
 
 from actors import preprocess
 from actors.adapters.events import Events
-from actors.adapters.workflow_store import ImageRecord, WorkflowStore
-from actors.contract import ErrorInfo, ImageEvent, MeshConfig, ProcessJob, Status
+from actors.adapters.workflow_store import WorkflowStore
+from actors.contract import ErrorInfo, ImageEvent, ImageRecord, MeshConfig, PreprocessSpec, ProcessJob, Status
 from actors.errors import PermanentError
 from actors.steps import StepContext, StepsOutcome, run_steps
 
@@ -52,7 +52,7 @@ class ObjectReader(Protocol):
 
 
 class ImageEmbedder(Protocol):
-    async def preprocess_spec(self, model: str) -> preprocess.PreprocessSpec: ...
+    async def preprocess_spec(self, model: str) -> PreprocessSpec: ...
     async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray: ...
 
 

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Uplo
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from actors import preprocess
-from actors.adapters.workflow_store import ImageRecord
-from actors.contract import MeshConfig, Status
+from actors.contract import ImageRecord, MeshConfig, Status
 from gateway import params
 from gateway.app import ApiError, Services, error_responses, services, services_dependency
 from gateway.upload import accept_upload

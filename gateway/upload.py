@@ -28,8 +28,8 @@ from nats.js import JetStreamContext
 from actors import contract
 from actors.adapters.events import Events
 from actors.adapters.object_store import ObjectStore, object_key
-from actors.adapters.workflow_store import ImageRecord, WorkflowStore
-from actors.contract import ImageEvent, ProcessJob, Status
+from actors.adapters.workflow_store import WorkflowStore
+from actors.contract import ImageEvent, ImageRecord, ProcessJob, Status
 from actors.errors import RetryableError
 from gateway.intents import UploadIntents
 from gateway.validation import ImageInfo, sha256_hex

@@ -22,7 +22,7 @@ from tritonclient.grpc import InferenceServerException, InferInput, InferRequest
 from tritonclient.grpc import aio as triton
 
 from actors.errors import MeshError, PermanentError, RetryableError
-from actors.preprocess import PreprocessSpec
+from actors.contract import PreprocessSpec
 from actors.settings import Settings
 
 log = structlog.get_logger("embedder")

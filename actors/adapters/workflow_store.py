@@ -18,30 +18,10 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors.contract import ErrorInfo, Status
+from actors.contract import ErrorInfo, ImageRecord, Status
 from actors.errors import RetryableError
 
 
-class ImageRecord(msgspec.Struct, kw_only=True):
-    """An image's workflow record, as stored and as ``GET /images/{id}`` shows it (less ``embedding``)."""
-
-    image_id: str
-    status: Status
-    sha256: str
-    object_key: str
-    content_type: str
-    size_bytes: int
-    width: int
-    height: int
-    metadata: dict[str, Any] = {}
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    model: str | None = None
-    embedding_dim: int | None = None
-    error: ErrorInfo | None = None
-    trace_id: str = ""
-    attempt: int = 0
-    history: list[dict[str, Any]] = []
 
 
 # Claim the sha and write the record in one step, so two concurrent uploads of the same bytes make one record.

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from actors.adapters.workflow_store import ImageRecord
+from actors.contract import ImageRecord
 from actors.contract import MeshConfig
 from actors.errors import PermanentError
 

@@ -17,7 +17,8 @@ import redis
 
 from actors.adapters.index_client import IndexClient
 from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
-from actors.adapters.workflow_store import ImageRecord, WorkflowStore
+from actors.adapters.workflow_store import WorkflowStore
+from actors.contract import ImageRecord
 from actors.contract import Status
 from actors.runtime import connect_nats
 from ops.bench.data import structured_vectors

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from actors.preprocess import PreprocessSpec
+from actors.contract import PreprocessSpec
 from ops.models.configs import ATTENTION_MASK, IMAGE_INPUT, INPUT_IDS, OUTPUT
 from ops.models.onnx_export import UInt8Normalize, export_onnx, l2_normalize
 

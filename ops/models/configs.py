@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # the tensors the coordinator sends and reads: defined once, by the client side of the contract
 from actors.adapters.embedder import EMBEDDING_OUTPUT as OUTPUT
 from actors.adapters.embedder import IMAGE_INPUT, TEXT_INPUT
-from actors.preprocess import PreprocessSpec
+from actors.contract import PreprocessSpec
 
 __all__ = ["IMAGE_INPUT", "OUTPUT", "TEXT_INPUT"]
 

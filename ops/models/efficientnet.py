@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from actors.preprocess import PreprocessSpec
+from actors.contract import PreprocessSpec
 from ops.models.configs import EFFICIENTNET, IMAGE_INPUT, OUTPUT
 from ops.models.onnx_export import UInt8Normalize, export_onnx, l2_normalize
 

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from actors.adapters.embedder import EMBEDDING_OUTPUT, IMAGE_INPUT, TEXT_INPUT, EmbedderError, ModelInfo
-from actors.preprocess import PreprocessSpec
+from actors.contract import PreprocessSpec
 from ops.models import configs
 from ops.models.clip import CLIP_MEAN, CLIP_STD
 from ops.models.efficientnet import DIM, NAME, SPEC

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.adapters.workflow_store import ImageRecord
+from actors.contract import ImageRecord
 from actors.config_actor import InvalidConfig, apply_change
 from actors.contract import MeshConfig, ProcessJob, Status
 from actors.model_switch import (

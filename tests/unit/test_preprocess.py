@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.preprocess import PreprocessSpec, decode_image, to_pixels
+from actors.contract import PreprocessSpec
+from actors.preprocess import decode_image, to_pixels
 
 SPEC = PreprocessSpec(resize=256, crop=224, resample="bilinear")
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import ExifTags, Image
 
-from actors.adapters.workflow_store import ImageRecord
+from actors.contract import ImageRecord
 from actors.config_actor import InvalidConfig, apply_change
 from actors.contract import MeshConfig, Status
 from actors.steps import STEPS, StepContext, StepRejected, StepResult, run_steps
