@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 browser:  ## Debian's Chromium for the web page's browser test (Playwright drives it; no browser download)
 	@test -x /usr/bin/chromium || { \

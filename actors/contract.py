@@ -35,6 +35,7 @@ INDEX_GROUPS = "index.groups"  # near-duplicate groups of one model's index
 COORDINATOR_SERVICE = "coordinator"
 COORDINATOR_STATUS = "coordinator.status"
 COORDINATOR_REPROCESS = "coordinator.reprocess"
+MODELS_SWITCH = "models.switch"  # on the coordinator's service: its model switcher sets next_model
 
 # --- headers ----------------------------------------------------------------------------------------------
 TRACE_HEADER = "Mesh-Trace-Id"
@@ -266,10 +267,24 @@ class ReprocessReply(Struct, kw_only=True):
     requeued: list[str]
 
 
+class ModelSwitchRequest(Struct, kw_only=True):
+    """Request on ``models.switch``: make ``model`` the next model (``next_model``); the active model cancels
+    a running switch. Whether Triton serves it is the caller's check (and the switcher's again)."""
+
+    model: str
+
+
+class ModelSwitchReply(Struct, kw_only=True):
+    active_model: str
+    next_model: str  # after the request; "" when no switch runs
+    cancelled: str = ""  # the switch this request ended (its target), "" when none
+
+
 T = TypeVar("T")
 
 
 # --- records and model specs ------------------------------------------------------------------------
+
 
 class ImageRecord(Struct, kw_only=True):
     """An image's workflow record, as stored and as ``GET /images/{id}`` shows it (less ``embedding``)."""

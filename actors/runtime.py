@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -104,7 +104,7 @@ def typed(
         try:
             body = contract.decode(req.data or b"{}", request_type)
             reply = await handler(body)
-        except Exception as exc:
+        except Exception as exc:  # broad on purpose: every failure is answered (typed; a bug as a 500)
             err = service_error(exc)
             REQUESTS.labels(subject, err.code).inc()
             if err.code == "500":
@@ -117,6 +117,19 @@ def typed(
         await req.respond(contract.encode(reply))
 
     return endpoint
+
+
+class OwnSignalsServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGTERM and SIGINT to the process that runs it.
+
+    uvicorn re-raises the signal it caught after its graceful shutdown (the process would die of SIGTERM instead
+    of exiting 0), and an actor must drain NATS before its HTTP side stops: the owner handles the signals and
+    sets ``should_exit``.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def health_app(name: str) -> FastAPI:
@@ -163,9 +176,7 @@ class ActorProcess:
         config = uvicorn.Config(
             self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )
-        self._server = uvicorn.Server(config)
-        # the actor owns SIGTERM (drain first, then stop HTTP): uvicorn must not capture it
-        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self._server = OwnSignalsServer(config)  # the actor owns SIGTERM: drain first, then stop HTTP
         self._server_task = asyncio.create_task(self._server.serve(), name=f"{self.name}-http")
         self.log.info("actor.started", http_port=self.http_port)
         return self
@@ -204,7 +215,7 @@ class ActorProcess:
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=10)
-            except Exception as e:  # drain is best effort on the way out
+            except Exception as e:  # broad on purpose: drain is best effort on the way out, close anyway
                 self.log.warning("actor.drain_failed", error=str(e))
                 await self._nc.close()
         if self._server is not None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import uvicorn
 
-from actors.runtime import configure_logging
+from actors.runtime import OwnSignalsServer, configure_logging
 from actors.settings import Settings
 from gateway.app import create_app
 
@@ -21,10 +20,7 @@ async def serve(settings: Settings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the signal it caught after its graceful shutdown, so the process would die of SIGTERM
-    # instead of exiting 0; we own the signals and only ask the server to finish.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    server = OwnSignalsServer(config)  # we own the signals and only ask the server to finish
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

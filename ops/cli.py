@@ -241,7 +241,7 @@ async def cmd_events(args: argparse.Namespace) -> int:
     subject = contract.event_subject(args.status) if args.status else contract.EVENTS_SUBJECTS
     try:
         nc = await asyncio.wait_for(connect_ops(settings, "mesh-events"), timeout=15)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
         raise CliError(f"cannot connect to NATS at {settings.nats_server_url}: {e}", EXIT_UNAVAILABLE) from e
     seen = 0
     sub: Any
@@ -276,7 +276,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     settings = nats_settings()
     try:
         nc = await asyncio.wait_for(replay.connect_ops(settings, "mesh-replay"), timeout=15)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
         raise CliError(f"cannot connect to NATS at {settings.nats_server_url}: {e}", EXIT_UNAVAILABLE) from e
     try:
         return await replay.run(args, settings, nc)

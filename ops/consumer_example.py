@@ -108,7 +108,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         nc = await asyncio.wait_for(connect_ops(settings, f"consumer-{args.name}"), timeout=15)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
         print(f"cannot connect to NATS at {settings.nats_server_url}: {e}", file=sys.stderr)
         return 4
     subject = contract.event_subject(args.status) if args.status else contract.EVENTS_SUBJECTS
@@ -124,7 +124,9 @@ async def _main(args: argparse.Namespace) -> int:
             idle_exit_s=args.idle_exit,
         )
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(
+            Exception
+        ):  # broad on purpose: exiting anyway, a failed drain changes nothing
             await nc.drain()
     return 0
 

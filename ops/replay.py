@@ -204,7 +204,7 @@ async def _main(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
         nc = await asyncio.wait_for(connect_ops(settings, "mesh-replay"), timeout=15)
-    except Exception as e:
+    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
         print(f"cannot connect to NATS at {settings.nats_server_url}: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:

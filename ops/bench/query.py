@@ -18,8 +18,7 @@ import redis
 from actors.adapters.index_client import IndexClient
 from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import ImageRecord
-from actors.contract import Status
+from actors.contract import ImageRecord, Status
 from actors.runtime import connect_nats
 from ops.bench.data import structured_vectors
 from ops.bench.stack import BenchStack
@@ -134,7 +133,7 @@ def _search(
     r: redis.Redis, index: VectorIndex, model: str, vec: np.ndarray, exclude: str | None, ef: int
 ) -> list[str]:
     q = index.build_query(vec, 10, exclude_id=exclude, ef_runtime=ef)
-    res = r.ft(index.index_name(model)).search(q, query_params=q.params)  # type: ignore[arg-type]
+    res = r.ft(index.index_name(model)).search(q, query_params=q.params)
     return [str(getattr(d, ID_FIELD)) for d in res.docs]
 
 

@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -22,7 +22,8 @@ from ops.models.onnx_export import UInt8Normalize, export_onnx, l2_normalize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+_PIL_RESAMPLE: dict[int, Resample] = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 RandomSize = Literal["tiny", "vit-b32"]
 
@@ -88,10 +89,16 @@ def read_spec(checkpoint: str | Path, image_size: int) -> PreprocessSpec:
     return PreprocessSpec(
         resize=int(size),
         crop=int(crop),
-        resample=_PIL_RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic"),  # type: ignore[arg-type]
-        mean=tuple(cfg.get("image_mean", CLIP_MEAN)),  # type: ignore[arg-type]
-        std=tuple(cfg.get("image_std", CLIP_STD)),  # type: ignore[arg-type]
+        resample=_PIL_RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic"),
+        mean=_rgb(cfg.get("image_mean", CLIP_MEAN)),
+        std=_rgb(cfg.get("image_std", CLIP_STD)),
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    """A per-channel (R, G, B) triple from a processor config's list."""
+    r, g, b = (float(v) for v in values)
+    return (r, g, b)
 
 
 def load(checkpoint: str | Path) -> Clip:
@@ -188,7 +195,7 @@ def make_tokenizer(folder: Path, vocab_size: int = 1000) -> Any:
     bpe = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
     # tokenizers wants (left, right) pairs; transformers' annotation says list[str]
-    clip_tok = CLIPTokenizer(vocab=bpe["vocab"], merges=merges, model_max_length=77)  # type: ignore[arg-type]
+    clip_tok = CLIPTokenizer(vocab=bpe["vocab"], merges=cast(Any, merges), model_max_length=77)
     clip_tok.save_pretrained(str(folder))
     return clip_tok
 
