@@ -1,0 +1,1 @@
+"""The gateway: the mesh's public REST API (FastAPI), upload validation and the web page (see ``gateway.app``)."""

@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-import os
 from typing import Annotated, Any
 
-import msgspec
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from actors import preprocess
-from actors.contract import ImageRecord, MeshConfig, Status
 from gateway import params
-from gateway.app import ApiError, Services, error_responses, services, services_dependency
+from gateway.deps import Svc, require_api_key
+from gateway.errors import error_responses
+from gateway.intake import embed_bytes, read_limited, validate
+from gateway.metadata import parse_metadata
+from gateway.records import active_embedding, get_record, record_view
 from gateway.upload import accept_upload
-from gateway.validation import ImageInfo, UploadError, parse_metadata, validate_image
-
-# validations (full decodes) at once per process: one per core, so peak memory stays bounded under load
-DECODE_SLOTS = asyncio.Semaphore(os.cpu_count() or 2)
-SEARCHABLE = frozenset({Status.INDEXED, Status.DONE})
-
-
-async def require_api_key(
-    request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
-) -> None:
-    """401 unless the request carries one of ``MESH_API_KEYS`` (when API keys are on)."""
-    keys = services(request).settings.api_key_set
-    if not keys:
-        return
-    given = x_api_key or (
-        authorization[7:] if authorization and authorization.startswith("Bearer ") else None
-    )
-    if not given or not any(hmac.compare_digest(given, k) for k in keys):
-        raise ApiError(401, "unauthorized", "a valid API key is required (X-API-Key header)")
-
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-Svc = Annotated[Services, Depends(services_dependency)]
-
-
-async def validate(data: bytes, cfg: MeshConfig) -> ImageInfo:
-    """Validate an image off the event loop; a full decode holds up to ~4 bytes per pixel, so at most
-    ``DECODE_SLOTS`` run at once and peak memory stays bounded under load."""
-    async with DECODE_SLOTS:
-        return await asyncio.to_thread(
-            validate_image, data, max_bytes=cfg.max_upload_bytes, max_pixels=cfg.max_pixels
-        )
-
-
-async def read_limited(request: Request, file: UploadFile, max_bytes: int) -> bytes:
-    """The file's bytes, refusing more than ``max_bytes`` without reading them all."""
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UploadError(413, "too_large", f"the upload is over the limit of {max_bytes} bytes")
-    return bytes(data)
 
 
 @router.post(
@@ -86,6 +44,7 @@ async def upload(
         store=svc.store,
         objects=svc.objects,
         nc=svc.nc,
+        jobs=svc.jobs,
         events=svc.events,
         intents=svc.intents,
     )
@@ -98,20 +57,6 @@ async def upload(
         body["duplicate"] = True
         return JSONResponse(body, status_code=200)
     return JSONResponse(body, status_code=202)
-
-
-async def get_record(svc: Services, image_id: str) -> ImageRecord:
-    rec = await svc.store.get(image_id)
-    if rec is None:
-        raise ApiError(404, "not_found", f"no image {image_id}")
-    return rec
-
-
-def record_view(rec: ImageRecord) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(rec)
-    body.pop("object_key", None)
-    body.pop("attempt", None)
-    return body
 
 
 @router.get("/images/{image_id}", responses=error_responses(400, 404, 503))
@@ -164,25 +109,6 @@ async def similar(
     }
 
 
-async def active_embedding(svc: Services, image_id: str, active_model: str) -> tuple[str, Any]:
-    """The image's vector under the active model (not the model at ingest: a model switch re-embeds done
-    images in the background), read with its state in one round trip. 404 for an unknown image; 409 when it
-    is not indexed yet, or has no vector under the active model yet (an image uploaded before a direct
-    ``active_model`` change, not re-embedded)."""
-    status, vec = await svc.store.status_and_embedding(image_id, active_model)
-    if status is None:
-        raise ApiError(404, "not_found", f"no image {image_id}")
-    if status not in SEARCHABLE:
-        raise ApiError(409, "not_indexed", f"image {image_id} is {status}, not indexed yet")
-    if vec is None:
-        raise ApiError(
-            409,
-            "not_indexed",
-            f"image {image_id} has no vector under the active model {active_model} yet",
-        )
-    return active_model, vec
-
-
 @router.get(
     "/images/{image_id}/content",
     response_class=Response,
@@ -217,11 +143,3 @@ async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]
         "embedding_dim": int(vec.shape[-1]),
         "embedding": vec.astype(float).tolist(),
     }
-
-
-async def embed_bytes(svc: Services, model: str, data: bytes) -> Any:
-    spec = await svc.embedder.preprocess_spec(model)
-    # decoded exactly as the pipeline does (actors/workflow.py), so the vector matches the stored one
-    img = await asyncio.to_thread(preprocess.decode_image, data, spec.resize)
-    pixels = await asyncio.to_thread(preprocess.to_pixels, img, spec)
-    return await svc.embedder.embed_image(model, pixels)

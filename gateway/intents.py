@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Container, Mapping
 
 import redis.asyncio as aioredis
 import structlog
@@ -30,10 +31,25 @@ ALIVE_TTL_S = 6  # a dead gateway's uploads are settled this long after its last
 SWEEP_EVERY_S = 2.0
 
 
+def dead_intents(intents: Mapping[str, str], me: str, alive: Container[str]) -> list[str]:
+    """The object keys of ``intents`` (``object_key -> instance``) left by dead gateways: neither this one
+    (``me``) nor one in ``alive``. A live gateway's intents are never returned, however old."""
+    return [key for key, owner in intents.items() if owner != me and owner not in alive]
+
+
+def image_id_of(object_key: str) -> str:
+    """The image id an object key was made for (``actors.adapters.object_store.object_key``)."""
+    return object_key.rsplit("/", 1)[-1]
+
+
 class UploadIntents:
-    def __init__(self, url: str, prefix: str) -> None:
+    """This gateway's upload intents in Redis, its heartbeat, and the sweep of dead gateways' intents."""
+
+    def __init__(self, url: str, prefix: str, *, redis: aioredis.Redis | None = None) -> None:
         self.instance = uuid.uuid4().hex
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        self._redis: aioredis.Redis = redis or aioredis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=3
+        )
         self._hash = f"{prefix}:upload_intents"
         self._alive = f"{prefix}:gateway:"
 
@@ -60,24 +76,26 @@ class UploadIntents:
                 await self.sweep(store, objects)
             except (RedisError, RetryableError) as e:  # Redis or S3 down: try again next round
                 log.info("upload.sweep_deferred", error=str(e))
-            except Exception:  # never let the sweeper die silently
+            except Exception:  # broad on purpose: never let the sweeper die silently
                 log.exception("upload.sweep_failed")
             await asyncio.sleep(SWEEP_EVERY_S)
 
     async def sweep(self, store: WorkflowStore, objects: ObjectStore) -> int:
         """Delete the unrecorded objects of dead gateways; returns how many intents were settled."""
-        settled = 0
-        for raw_key, raw_owner in (await self._redis.hgetall(self._hash)).items():
-            key, owner = _text(raw_key), _text(raw_owner)
-            if owner == self.instance or await self._redis.exists(self._alive + owner):
-                continue
-            image_id = key.rsplit("/", 1)[-1]
-            if await store.get(image_id) is None:
+        raw = await self._redis.hgetall(self._hash)
+        intents = {_text(k): _text(v) for k, v in raw.items()}
+        alive = {
+            owner
+            for owner in set(intents.values()) - {self.instance}
+            if await self._redis.exists(self._alive + owner)
+        }
+        dead = dead_intents(intents, self.instance, alive)
+        for key in dead:
+            if await store.get(image_id_of(key)) is None:
                 await objects.delete(key)
-                log.info("upload.orphan_removed", object_key=key, dead_gateway=owner)
+                log.info("upload.orphan_removed", object_key=key, dead_gateway=intents[key])
             await self._redis.hdel(self._hash, key)
-            settled += 1
-        return settled
+        return len(dead)
 
 
 def _text(v: bytes | str) -> str:

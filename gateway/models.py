@@ -1,40 +1,41 @@
 """The models: which ones Triton serves, which is active, and switching the active one without downtime.
 
-``GET /models`` lists them with the state of the latest switch (``actors/model_switch.py`` drives it in the
-coordinator). ``POST /models/switch`` asks for a switch. The gateway's NATS user may not write the Config DB
-(least privilege: nor could it raise the upload limits), so the request is checked here (Triton serves the
-model, and it takes images), left in Redis, and the coordinator's switcher sets ``next_model`` within a second.
-An operator can set ``next_model`` directly instead (README, "Model switch").
+``GET /models`` lists them with the state of the latest switch (the coordinator's switcher drives it; its
+progress is read through ``actors/adapters/switch_progress.py``). ``POST /models/switch`` asks for a switch.
+The gateway's NATS user may not write the Config DB (least privilege: nor could it raise the upload limits),
+so the request is checked here (Triton serves the model, and it takes images) and sent to the coordinator's
+``models.switch`` service, whose switcher sets ``next_model`` before it answers. An operator can set
+``next_model`` directly instead (README, "Model switch").
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import msgspec
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from actors import contract
 from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, ModelInfo
+from actors.adapters.switch_progress import SwitchProgress, switch_target
 from actors.adapters.vector_index import MODEL_RE
-from actors.errors import MeshError, RetryableError
-from actors.model_switch import read_progress, request_key, switch_target
+from actors.contract import ModelSwitchReply, ModelSwitchRequest
+from actors.errors import MeshError, PermanentError, RetryableError
+from actors.rpc import call
 from actors.settings import Settings
-from gateway.app import ApiError, Services, services_dependency
-from gateway.images import require_api_key
+from gateway.deps import Services, Svc, require_api_key
+from gateway.errors import ApiError
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
-Svc = Annotated[Services, Depends(services_dependency)]
 
 # Triton reports per-model counters for every model it loaded, used or not
 _METRIC_MODEL = re.compile(r'^nv_inference_count\{[^}]*model="([^"]+)"', re.MULTILINE)
+SWITCH_CALL_TIMEOUT_S = 5.0  # the switcher reads, then writes, the config (2 s timeout each)
 
 
 class SwitchRequest(BaseModel):
@@ -58,18 +59,6 @@ async def metrics_models(settings: Settings) -> set[str]:
     except httpx.HTTPError:
         return set()
     return set(_METRIC_MODEL.findall(r.text)) if r.status_code == 200 else set()
-
-
-@asynccontextmanager
-async def switch_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A short-lived client: these routes are for operators, not the hot path."""
-    client = aioredis.Redis.from_url(settings.redis_server_url, socket_timeout=5, socket_connect_timeout=3)
-    try:
-        yield client
-    except (aioredis.RedisError, OSError) as e:
-        raise RetryableError(f"redis unavailable: {e}") from e
-    finally:
-        await client.aclose()
 
 
 async def describe(svc: Services, name: str) -> dict[str, Any] | None:
@@ -108,13 +97,14 @@ async def list_models(svc: Svc) -> dict[str, Any]:
         names.add(target)
     found = await asyncio.gather(*(describe(svc, n) for n in sorted(names)))
     models = [m | {"active": m["name"] == cfg.active_model} for m in found if m is not None]
-    async with switch_redis(svc.settings) as r:
-        progress = await read_progress(r, svc.settings.redis_prefix, target)
-        requested = await r.get(request_key(svc.settings.redis_prefix))
+    # a short-lived client: these routes are for operators, not the hot path (an outage: RetryableError, 503)
+    async with SwitchProgress.from_url(svc.settings.redis_server_url, svc.settings.redis_prefix) as store:
+        progress = await store.read(target)
     return {
         "active": cfg.active_model,
         "next": target,
-        "requested": msgspec.json.decode(requested).get("model") if requested else None,
+        # a request not applied yet: none since POST /models/switch sets next_model before it answers
+        "requested": None,
         "models": models,
         "switch": None if progress is None else msgspec.to_builtins(progress),
     }
@@ -126,7 +116,7 @@ async def list_models(svc: Svc) -> dict[str, Any]:
     responses={
         200: {"description": "the model is already active and no switch is running: nothing to do"},
         400: {"description": "Triton does not serve this model, or it is not an image model"},
-        503: {"description": "Triton or Redis is down: retry later"},
+        503: {"description": "Triton or the coordinator is down: retry later"},
     },
 )
 async def request_switch(body: SwitchRequest, svc: Svc) -> Any:
@@ -146,10 +136,18 @@ async def request_switch(body: SwitchRequest, svc: Svc) -> Any:
         raise ApiError(400, "unknown_model", f"Triton does not serve {model}: {e}") from e
     if info.kind != "image":
         raise ApiError(400, "not_image_model", f"{model} is a {info.kind} model; images need an image model")
-    cfg = await svc.config.get()
-    async with switch_redis(svc.settings) as r:
-        if model == cfg.active_model and switch_target(cfg) is None:
-            await r.delete(request_key(svc.settings.redis_prefix))  # an older request loses to this one
-            return JSONResponse({"active": model, "requested": None}, status_code=200)
-        await r.set(request_key(svc.settings.redis_prefix), msgspec.json.encode({"model": model}))
-    return {"active": cfg.active_model, "requested": model}
+    try:
+        reply = await call(
+            svc.nc,
+            contract.MODELS_SWITCH,
+            ModelSwitchRequest(model=model),
+            ModelSwitchReply,
+            timeout=SWITCH_CALL_TIMEOUT_S,
+        )
+    except RetryableError as e:  # no coordinator answers, or the config actor behind it is down
+        raise ApiError(503, "unavailable", e.message, headers={"Retry-After": "2"}) from e
+    except PermanentError as e:  # the Config DB refused the name
+        raise ApiError(400, "unknown_model", e.message) from e
+    if model == reply.active_model and not reply.cancelled:
+        return JSONResponse({"active": model, "requested": None}, status_code=200)
+    return {"active": reply.active_model, "requested": model}

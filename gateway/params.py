@@ -17,8 +17,8 @@ from typing import Annotated, Final
 from fastapi import Query
 
 from actors.contract import MeshConfig
-from gateway.app import ApiError
-from gateway.validation import MAX_KEY_CHARS, MAX_VALUE_CHARS
+from gateway.errors import ApiError
+from gateway.metadata import MAX_KEY_CHARS, MAX_VALUE_CHARS
 
 MAX_FILTERS: Final = 16
 MAX_OFFSET: Final = 10_000

@@ -20,18 +20,12 @@ from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, Mod
 from actors.contract import Hit, ImageEvent, Status
 from actors.errors import ServiceCallError
 from gateway import params
-from gateway.app import ApiError, Services, services_dependency
-from gateway.images import (
-    active_embedding,
-    embed_bytes,
-    get_record,
-    read_limited,
-    require_api_key,
-    validate,
-)
+from gateway.deps import Svc, require_api_key
+from gateway.errors import ApiError
+from gateway.intake import embed_bytes, read_limited, validate
+from gateway.records import active_embedding, get_record
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
-Svc = Annotated[Services, Depends(services_dependency)]
 
 IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
 MAX_QUERY_CHARS = 1000

@@ -8,8 +8,8 @@ The order, and why:
    before the put lets a sweep remove the object if this process dies before step 4: gateway/intents.py.)
 4. Create the ``pending`` record and claim the sha256, atomically (a concurrent upload of the same bytes loses
    the claim, removes its object and answers ``duplicate``).
-5. Publish the job and wait for JetStream's ack. If that fails, undo 4 and 3, so a retry of the same bytes is
-   not mistaken for a duplicate, and answer 503.
+5. Publish the job (``actors/adapters/job_queue.py``) and wait for JetStream's ack. If that fails, undo 4 and
+   3, so a retry of the same bytes is not mistaken for a duplicate, and answer 503.
 So an accepted upload (2xx) always has its object and its durable job, and no job exists without its object.
 """
 
@@ -23,20 +23,17 @@ from typing import Any
 
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
-from actors import contract
 from actors.adapters.events import Events
+from actors.adapters.job_queue import JobQueue, job_for
 from actors.adapters.object_store import ObjectStore, object_key
 from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import ImageEvent, ImageRecord, ProcessJob, Status
+from actors.contract import ImageEvent, ImageRecord, Status
 from actors.errors import RetryableError
 from gateway.intents import UploadIntents
 from gateway.validation import ImageInfo, sha256_hex
 
 log = structlog.get_logger("gateway.upload")
-
-PUBLISH_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,30 +48,6 @@ def new_image_id() -> str:
     return uuid.uuid4().hex
 
 
-def job_for(rec: ImageRecord) -> ProcessJob:
-    return ProcessJob(
-        image_id=rec.image_id,
-        object_key=rec.object_key,
-        sha256=rec.sha256,
-        trace_id=rec.trace_id,
-        attempt=rec.attempt,
-    )
-
-
-async def publish_job(js: JetStreamContext, job: ProcessJob) -> None:
-    """Publish a durable job and wait for JetStream to store it; ``Nats-Msg-Id`` drops a repeated publish."""
-    headers = {
-        contract.MSG_ID_HEADER: contract.job_msg_id(job.image_id, job.attempt),
-        contract.TRACE_HEADER: job.trace_id,
-    }
-    try:
-        await js.publish(
-            contract.JOBS_SUBJECT, contract.encode(job), timeout=PUBLISH_TIMEOUT_S, headers=headers
-        )
-    except Exception as e:  # no ack means not stored, whatever the reason
-        raise RetryableError(f"job queue unavailable: {type(e).__name__}: {e}") from e
-
-
 async def accept_upload(
     *,
     data: bytes,
@@ -83,16 +56,19 @@ async def accept_upload(
     store: WorkflowStore,
     objects: ObjectStore,
     nc: Client,
+    jobs: JobQueue,
     events: Events,
     intents: UploadIntents,
 ) -> Accepted:
-    """Store a validated image and queue its processing (see the module docstring for the order)."""
+    """Store a validated image and queue its processing (see the module docstring for the order).
+
+    ``nc`` is only asked whether it is connected: without NATS no job can be stored, so nothing is written.
+    """
     sha = sha256_hex(data)
     if not nc.is_connected:
         raise RetryableError("job queue unavailable: not connected to NATS")
-    js = nc.jetstream()
 
-    existing = await _existing(store, js, sha)
+    existing = await _existing(store, jobs, sha)
     if existing is not None:
         return existing
 
@@ -126,13 +102,13 @@ async def accept_upload(
     await intents.end(rec.object_key)
     if owner is not None:  # lost the race to a concurrent upload of the same bytes
         await _forget_object(objects, rec.object_key)
-        existing = await _existing(store, js, sha)
+        existing = await _existing(store, jobs, sha)
         if existing is not None:
             return existing
         raise RetryableError("concurrent upload of the same bytes did not finish; retry")
 
     try:
-        await publish_job(js, job_for(rec))
+        await jobs.publish(job_for(rec))
     except RetryableError:
         log_.warning("upload.rolled_back", reason="job not stored")
         with contextlib.suppress(RetryableError):
@@ -144,7 +120,7 @@ async def accept_upload(
     return Accepted(image_id=image_id, status=Status.PENDING, sha256=sha, duplicate=False)
 
 
-async def _existing(store: WorkflowStore, js: JetStreamContext, sha: str) -> Accepted | None:
+async def _existing(store: WorkflowStore, jobs: JobQueue, sha: str) -> Accepted | None:
     owner = await store.owner_of(sha)
     if owner is None:
         return None
@@ -153,7 +129,7 @@ async def _existing(store: WorkflowStore, js: JetStreamContext, sha: str) -> Acc
         return None
     if rec.status == Status.PENDING:
         # heals a gateway crash between the record and the publish; a no-op when the job is stored
-        await publish_job(js, job_for(rec))
+        await jobs.publish(job_for(rec))
     return Accepted(image_id=rec.image_id, status=rec.status, sha256=sha, duplicate=True)
 
 

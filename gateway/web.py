@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from gateway.app import ApiError
+from gateway.errors import ApiError
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {

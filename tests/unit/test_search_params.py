@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.contract import MeshConfig
-from gateway.app import ApiError
+from gateway.errors import ApiError
 from gateway.params import MAX_FILTERS, MAX_OFFSET, page_size, parse_filters
 
 

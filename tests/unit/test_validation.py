@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from actors.errors import PermanentError
-from gateway.validation import ImageInfo, UploadError, parse_metadata, sha256_hex, validate_image
+from gateway.metadata import parse_metadata
+from gateway.validation import ImageInfo, UploadError, sha256_hex, validate_image
 from tests.corpus import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
