@@ -11,18 +11,18 @@ subclasses of :class:`EmbedderException`.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
 from tritonclient.grpc import aio as triton
 
-from actors.errors import MeshError, PermanentError, RetryableError
 from actors.contract import PreprocessSpec
+from actors.errors import MeshError, PermanentError, RetryableError
 from actors.settings import Settings
 
 log = structlog.get_logger("embedder")
@@ -99,6 +99,12 @@ class ModelInfo:
         )
 
 
+def _server_unavailable(e: BaseException) -> bool:
+    """Whether a failed call is worth repeating at once: Triton down or not ready (not a timeout, not load
+    shedding: those are ``EmbedderUnavailable`` too, but repeating them here would only add load)."""
+    return isinstance(e, EmbedderException) and e.status == "UNAVAILABLE"
+
+
 def _classify(e: InferenceServerException, model: str | None) -> EmbedderException:
     status = str(e.status() or "").removeprefix("StatusCode.")
     message = f"triton: {status or 'error'}: {e.message()}"
@@ -153,22 +159,33 @@ class Embedder:
             await client.close()
 
     async def _call(self, what: str, model: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return await fn(*args, client_timeout=self.timeout_s, **kwargs)
-            except InferenceServerException as e:
-                err = _classify(e, model)
+        """``fn`` (a client method) with the call timeout; repeated with backoff while Triton is unavailable."""
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning(
+                "embedder.retry", call=what, model=model, attempt=state.attempt_number, error=str(error)
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_server_unavailable),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s),  # backoff_s, then doubling
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        return await retrying(self._call_once, model, fn, *args, **kwargs)
+
+    async def _call_once(self, model: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, client_timeout=self.timeout_s, **kwargs)
+        except InferenceServerException as e:
+            err = _classify(e, model)
             if isinstance(err, ModelNotFound) and not await self.ready():
                 # a Triton that is starting or stopping answers "unknown model" / "no available versions"
                 # for models it does serve: an outage, not a missing model
                 err = EmbedderUnavailable(str(err), model=model, status="UNAVAILABLE")
-            if err.status != "UNAVAILABLE" or attempt == self.retries:
-                raise err
-            log.warning("embedder.retry", call=what, model=model, attempt=attempt + 1, error=str(err))
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            raise err from e
 
     async def ready(self, model: str | None = None) -> bool:
         """Whether Triton (and ``model``, when given) is ready to serve; never raises for a down server."""

@@ -16,6 +16,8 @@ log = structlog.get_logger("events")
 
 
 class Events:
+    """Publishes image events on one NATS connection; a failed publish is logged, never raised."""
+
     def __init__(self, nc: Client) -> None:
         self._nc = nc
 

@@ -23,6 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
 from actors.errors import RetryableError
 from actors.settings import Settings
@@ -34,6 +35,20 @@ class ObjectMissing(RetryableError):
     """No object under the key (yet): retried, and an image whose object stays missing ends in ``error``."""
 
     code = "object_missing"
+
+
+class ObjectStoreUnavailable(RetryableError):
+    """A signed request found the store unreachable or answering 5xx (tried twice, see ``_signed``)."""
+
+    def __init__(self, method: str, key: str, problem: str) -> None:
+        super().__init__(f"object store {method.lower()} failed: {problem}")
+        self.method, self.key, self.problem = method, key, problem
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(error, ObjectStoreUnavailable):
+        log.info("object_store.retry", method=error.method, key=error.key, problem=error.problem)
 
 
 def object_key(image_id: str) -> str:
@@ -111,31 +126,31 @@ class ObjectStore:
             raise RetryableError(f"object store get failed: HTTP {status}: {_excerpt(body)}")
         return body
 
+    @retry(
+        retry=retry_if_exception_type(ObjectStoreUnavailable),
+        stop=stop_after_attempt(2),  # like aioboto3's ``max_attempts: 2``; no wait between the two
+        before_sleep=_log_retry,
+        reraise=True,
+    )
     async def _signed(
         self, method: str, key: str, data: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
-        """One SigV4-signed request for ``key``: its status and body. Tried twice, like aioboto3's
-        ``max_attempts: 2``, when the connection drops or S3 answers 5xx (PUT and GET are idempotent);
-        ``RetryableError`` when both tries fail so."""
+        """One SigV4-signed request for ``key``: its status and body. Tried twice when the connection drops or
+        S3 answers 5xx (PUT and GET are idempotent); ``ObjectStoreUnavailable`` when both tries fail so."""
         assert self._http is not None, "use ObjectStore as an async context manager"
         url = self.object_url(key)
-        problem = ""
-        for attempt in (1, 2):
-            req = AWSRequest(method=method, url=url, data=data, headers=dict(headers or {}))
-            self._signer.add_auth(req)
-            try:
-                async with self._http.request(
-                    method, url, data=data or None, headers=dict(req.headers.items())
-                ) as resp:
-                    body = await resp.read()
-                    if resp.status < 500:
-                        return resp.status, body
-                    problem = f"HTTP {resp.status}: {_excerpt(body)}"
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                problem = f"{type(e).__name__}: {e}"
-            if attempt == 1:
-                log.info("object_store.retry", method=method, key=key, problem=problem)
-        raise RetryableError(f"object store {method.lower()} failed: {problem}")
+        req = AWSRequest(method=method, url=url, data=data, headers=dict(headers or {}))
+        self._signer.add_auth(req)  # signed again on the second try: SigV4 dates each request
+        try:
+            async with self._http.request(
+                method, url, data=data or None, headers=dict(req.headers.items())
+            ) as resp:
+                body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise ObjectStoreUnavailable(method, key, f"{type(e).__name__}: {e}") from e
+        if resp.status >= 500:
+            raise ObjectStoreUnavailable(method, key, f"HTTP {resp.status}: {_excerpt(body)}")
+        return resp.status, body
 
     async def delete(self, key: str) -> None:
         """Delete an object; deleting a missing key succeeds (S3 semantics), so this is idempotent."""

@@ -1,8 +1,13 @@
 """One mapping of Redis failures to the mesh's errors, for every adapter that talks to Redis.
 
-An outage (connection refused or lost, a timeout, Redis loading its AOF after a restart, a busy script) becomes
+An outage (connection refused or lost, a timeout, Redis loading its AOF after a restart, a busy script, a
+failover in progress: ``READONLY``/``MASTERDOWN``/``CLUSTERDOWN``/``TRYAGAIN``, a full Redis: ``OOM``) becomes
 ``RetryableError``: the coordinator waits and retries, a service answers 503. Anything else (a wrong command, a
-permission refused) is a bug or a misconfiguration and propagates as it is.
+wrong type) is a bug and propagates as it is. A permission refused (``NOPERM``: the ACL user lost a command or
+a key pattern) is a misconfiguration: it propagates too, unless the caller passes ``permission_is_outage=True``
+(the workflow store does: an operator's ACL fix lets every waiting job go on, where propagating would
+dead-letter them all). A refused login (``WRONGPASS``: the ACL user switched off or its password changed)
+is always an outage: redis-py raises it as a ``ConnectionError`` while it (re)connects.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from actors.errors import RetryableError
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_BUSY_REPLIES = ("LOADING", "TRYAGAIN", "BUSY")
+# redis-py strips the code off the replies it has a class for (TRYAGAIN, READONLY, OOM...): those go by type;
+# the rest (BUSY, and any reply redisvl re-wraps as text) by the code the message starts with
+_OUTAGE_REPLY_TYPES = (
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,  # MasterDownError too
+    redis.exceptions.OutOfMemoryError,
+)
+_BUSY_REPLIES = ("LOADING", "TRYAGAIN", "BUSY", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "OOM")
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -33,24 +46,34 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def as_retryable(exc: BaseException, op: str) -> RetryableError | None:
-    """The ``RetryableError`` this failure amounts to, or None when it is not an outage."""
+def as_retryable(exc: BaseException, op: str, *, permission_is_outage: bool = False) -> RetryableError | None:
+    """The ``RetryableError`` this failure amounts to, or None when it is not an outage.
+
+    ``permission_is_outage``: count a ``NOPERM`` refusal as an outage too (see the module docstring).
+    """
     for e in causes(exc):
         # BusyLoadingError is a ConnectionError: Redis is replaying its AOF after a restart
         if isinstance(e, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
             return RetryableError(f"redis unavailable during {op}: {e}")
-        if isinstance(e, redis.exceptions.ResponseError) and str(e).upper().startswith(_BUSY_REPLIES):
-            return RetryableError(f"redis busy during {op}: {e}")
+        if isinstance(e, _OUTAGE_REPLY_TYPES) or (
+            isinstance(e, redis.exceptions.ResponseError) and str(e).upper().startswith(_BUSY_REPLIES)
+        ):
+            return RetryableError(f"redis busy during {op}: {type(e).__name__}: {e}")
+        if permission_is_outage and isinstance(e, redis.exceptions.NoPermissionError):
+            return RetryableError(f"redis refused permission during {op}: {e}")
     return None
 
 
 @contextmanager
-def redis_errors(op: str) -> Iterator[None]:
-    """Turn Redis outages inside the block into ``RetryableError``; other Redis errors propagate."""
+def redis_errors(op: str, *, permission_is_outage: bool = False) -> Iterator[None]:
+    """Turn Redis outages inside the block into ``RetryableError``; other Redis errors propagate.
+
+    ``permission_is_outage``: a ``NOPERM`` refusal becomes ``RetryableError`` too (for the workflow store).
+    """
     try:
         yield
     except (redis.exceptions.RedisError, RedisVLError, OSError) as exc:
-        mapped = as_retryable(exc, op)
+        mapped = as_retryable(exc, op, permission_is_outage=permission_is_outage)
         if mapped is not None:
             raise mapped from exc
         raise

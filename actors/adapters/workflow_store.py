@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
-from actors.contract import ErrorInfo, ImageRecord, Status
-from actors.errors import RetryableError
-
-
-
+from actors.adapters.redis_errors import redis_errors
+from actors.contract import ImageRecord, Status
 
 # Claim the sha and write the record in one step, so two concurrent uploads of the same bytes make one record.
 _CREATE = """
@@ -44,8 +43,8 @@ def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _dump(fields: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _dump(fields: dict[str, Any]) -> dict[FieldT, EncodableT]:
+    out: dict[FieldT, EncodableT] = {}
     for k, v in fields.items():
         if k in _JSON_FIELDS:
             out[k] = json.dumps(msgspec.to_builtins(v))
@@ -77,8 +76,15 @@ def _load(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return out
 
 
+def _store_errors(op: str) -> AbstractContextManager[None]:
+    """Redis failures as the coordinator must see them: an outage, or a permission refused (an operator's ACL
+    fix away: the jobs wait instead of being dead-lettered), is ``RetryableError``; a bug (wrong type, bad
+    command) propagates as it is (the coordinator's "crashed" path: redelivered, dead-lettered at the end)."""
+    return redis_errors(f"workflow store {op}", permission_is_outage=True)
+
+
 class WorkflowStore:
-    """Image records in Redis. Every Redis failure surfaces as ``RetryableError``."""
+    """Image records in Redis. Outages and permission refusals surface as ``RetryableError``."""
 
     def __init__(self, url: str, prefix: str = "mesh") -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -113,29 +119,23 @@ class WorkflowStore:
         flat = [x for kv in fields.items() for x in kv]
         entry = json.dumps({"status": rec.status.value, "at": rec.created_at})
         keys = [self._sha_key(rec.sha256), self._key(rec.image_id), self._key(rec.image_id) + ":history"]
-        try:
+        with _store_errors("create"):
             owner = await self._create(
                 keys=keys, args=[rec.image_id, json.dumps(flat), entry, f"{self._p}:image:"]
             )
-        except (RedisError, OSError) as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return _text(owner) if owner else None
 
     async def owner_of(self, sha256: str) -> str | None:
-        try:
+        with _store_errors("owner_of"):
             owner = await self._redis.get(self._sha_key(sha256))
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return _text(owner) if owner else None
 
     async def get(self, image_id: str) -> ImageRecord | None:
-        try:
+        with _store_errors("get"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self._key(image_id))
                 pipe.lrange(self._key(image_id) + ":history", 0, -1)
                 raw, history = await pipe.execute()
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         if not raw:
             return None
         fields = _load(raw)
@@ -160,27 +160,21 @@ class WorkflowStore:
         await self._write(image_id, fields, None)
 
     async def _write(self, image_id: str, fields: dict[str, Any], entry: dict[str, Any] | None) -> float:
-        try:
+        with _store_errors("write"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key(image_id), mapping=_dump(fields))  # type: ignore[arg-type]
+                pipe.hset(self._key(image_id), mapping=_dump(fields))
                 if entry is not None:
                     pipe.rpush(self._key(image_id) + ":history", json.dumps(entry))
                 await pipe.execute()
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return float(fields.get("updated_at", time.time()))
 
     async def set_embedding(self, model: str, image_id: str, vector: np.ndarray) -> None:
-        try:
+        with _store_errors("set_embedding"):
             await self._redis.set(self._emb_key(model, image_id), vector.astype(np.float32).tobytes())
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
 
     async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None:
-        try:
+        with _store_errors("get_embedding"):
             raw = await self._redis.get(self._emb_key(model, image_id))
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return _vector(raw)
 
     async def status_and_embedding(
@@ -188,31 +182,27 @@ class WorkflowStore:
     ) -> tuple[Status | None, np.ndarray | None]:
         """The image's state (None: no such image) and its vector under ``model``, in one round trip: all
         that a similarity query by image needs (``get`` would also read every field and the history)."""
-        try:
+        with _store_errors("status_and_embedding"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hget(self._key(image_id), "status")
                 pipe.get(self._emb_key(model, image_id))
                 status, raw = await pipe.execute()
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return (None if status is None else Status(status.decode()), _vector(raw))
 
     async def delete(self, image_id: str, sha256: str | None = None) -> None:
         """Remove a record, its history, its embeddings and (when it owns it) its sha claim."""
-        try:
+        with _store_errors("delete"):
             keys = [self._key(image_id), self._key(image_id) + ":history"]
             async for k in self._redis.scan_iter(match=f"{self._p}:emb:*:{image_id}", count=500):
                 keys.append(_text(k))
             if sha256 and await self.owner_of(sha256) == image_id:
                 keys.append(self._sha_key(sha256))
             await self._redis.delete(*keys)
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
 
     async def ids_in_status(self, status: Status, limit: int = 10_000) -> list[str]:
         """Image ids whose record is in ``status`` (a scan: for operators' replay, not a hot path)."""
         found: list[str] = []
-        try:
+        with _store_errors("ids_in_status"):
             async for key in self._redis.scan_iter(match=f"{self._p}:image:*", count=1000):
                 k = _text(key)
                 if k.endswith(":history"):
@@ -222,6 +212,4 @@ class WorkflowStore:
                     found.append(k.rsplit(":", 1)[1])
                     if len(found) >= limit:
                         break
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
         return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from actors.adapters.redis_errors import redis_errors
 from actors.adapters.vector_index import (
     VectorIndex,
     as_vector,
@@ -12,7 +13,6 @@ from actors.adapters.vector_index import (
     filter_expression,
     info_dim,
     is_missing_index,
-    redis_errors,
     tag_item,
     tags_field,
 )
