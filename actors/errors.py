@@ -36,7 +36,12 @@ class NotFound(PermanentError):
 
 
 class ServiceCallError(MeshError):
-    """A NATS service answered with an error (its code and description travel in the reply headers)."""
+    """A NATS service answered with an error (its code and description travel in the reply headers).
+
+    ``rpc.call`` raises one of the two typed kinds below (see ``service_call_error``), so that callers who
+    only know retryable from permanent (the coordinator's delivery policy) treat a service's 503 as an
+    outage and its 400 as bad work; ``retryable`` and ``description`` stay for callers that look closer.
+    """
 
     def __init__(self, subject: str, code: str, description: str) -> None:
         super().__init__(f"{subject}: {description}", code=code)
@@ -46,3 +51,17 @@ class ServiceCallError(MeshError):
     @property
     def retryable(self) -> bool:
         return self.code.startswith("5")
+
+
+class ServiceUnavailable(ServiceCallError, RetryableError):
+    """The service answered 5xx (e.g. the indexer's 503 while its Redis is down): the call may succeed later."""
+
+
+class ServiceRefused(ServiceCallError, PermanentError):
+    """The service refused the request (4xx: bad request, not found): sending it again cannot help."""
+
+
+def service_call_error(subject: str, code: str, description: str) -> ServiceCallError:
+    """The typed error for a service's error reply: ``ServiceUnavailable`` for 5xx, else ``ServiceRefused``."""
+    kind = ServiceUnavailable if code.startswith("5") else ServiceRefused
+    return kind(subject, code, description)

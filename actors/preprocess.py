@@ -26,8 +26,6 @@ _RESAMPLE: dict[str, Image.Resampling] = {
 }
 
 
-
-
 def decode_image(data: bytes, target: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB image, upright (EXIF orientation applied), first frame of animations.
 

@@ -10,7 +10,7 @@ from nats.errors import NoRespondersError, TimeoutError
 from nats.micro.request import ServiceError
 
 from actors import contract
-from actors.errors import PermanentError, RetryableError, ServiceCallError
+from actors.errors import PermanentError, RetryableError, service_call_error
 
 T = TypeVar("T")
 
@@ -29,8 +29,9 @@ async def call(
     """Send ``request`` to a mesh service and decode its reply.
 
     ``headers`` travel with the request (e.g. ``Mesh-Trace-Id``, which the service binds to its logs).
-    Raises ``RetryableError`` when nobody answers in time (the service is down or restarting) and
-    ``ServiceCallError`` when the service answered with an error.
+    Raises ``RetryableError`` when nobody answers in time (the service is down or restarting), and when the
+    service answered with an error a ``ServiceCallError``: ``ServiceUnavailable`` (also a ``RetryableError``)
+    for a 5xx, ``ServiceRefused`` (also a ``PermanentError``) otherwise.
     """
     try:
         msg = await nc.request(subject, contract.encode(request), timeout=timeout, headers=headers)
@@ -39,7 +40,8 @@ async def call(
     except TimeoutError as e:
         raise RetryableError(f"{subject} timed out after {timeout}s") from e
     if msg.headers and ERROR_CODE_HEADER in msg.headers:
-        raise ServiceCallError(subject, msg.headers[ERROR_CODE_HEADER], msg.headers.get(ERROR_HEADER, ""))
+        code, description = msg.headers[ERROR_CODE_HEADER], msg.headers.get(ERROR_HEADER, "")
+        raise service_call_error(subject, code, description)
     return contract.decode(msg.data, reply_type)
 
 

@@ -13,8 +13,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from actors.contract import ImageRecord
-from actors.contract import MeshConfig
+from actors.contract import ImageRecord, MeshConfig
 from actors.errors import PermanentError
 
 MetadataValue = str | int | float

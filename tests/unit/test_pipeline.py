@@ -1,0 +1,158 @@
+"""``Pipeline.process`` over in-memory fakes: states, history, events, vectors, re-embeds and failures."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from actors.adapters.embedder import EmbedderError
+from actors.contract import MeshConfig, ProcessJob, Status
+from actors.errors import PermanentError
+from actors.workflow import ContentMismatch
+from tests.unit.workflow_fakes import DIM, World, error_of
+
+FLOW = ["pending", "processing", "embedded", "indexed", "done"]
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World()
+    yield w
+    w.close()
+
+
+async def test_a_new_image_ends_done_with_its_vector_indexed_and_its_events_in_order(world: World) -> None:
+    job = world.add_image(metadata={"album": "x"})
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        beats += 1
+
+    assert await world.pipeline.process(job, heartbeat) == "done"
+
+    rec = world.store.records[job.image_id]
+    assert rec.status == Status.DONE and rec.error is None
+    assert (rec.model, rec.embedding_dim) == ("m1", DIM)
+    assert world.store.states(job.image_id) == FLOW
+    assert world.events.statuses(job.image_id) == FLOW[1:]  # the gateway publishes ``pending``
+    assert all(e.trace_id == job.trace_id for e in world.events.published)
+    assert [e.model for e in world.events.published if e.status == Status.EMBEDDED] == ["m1"]
+    [upsert] = world.nats.upserts
+    assert (upsert.model, upsert.image_id, upsert.tags) == ("m1", job.image_id, {"album": "x"})
+    stored = world.store.embeddings[("m1", job.image_id)]
+    assert np.array_equal(world.nats.vectors()[("m1", job.image_id)], stored)
+    assert beats >= 3  # a heartbeat between the slow steps
+
+    # a redelivered job for a done image changes nothing
+    assert await world.pipeline.process(job) == "skipped"
+    assert world.store.states(job.image_id) == FLOW and len(world.nats.upserts) == 1
+
+
+async def test_a_deleted_image_is_skipped(world: World) -> None:
+    job = world.add_image()
+    del world.store.records[job.image_id]
+    assert await world.pipeline.process(job) == "skipped"
+    assert not world.events.published and not world.nats.upserts
+
+
+async def test_during_a_switch_a_new_image_is_indexed_under_both_models(world: World) -> None:
+    world.config.cfg = MeshConfig(active_model="m1", next_model="model2")
+    job = world.add_image()
+    assert await world.pipeline.process(job) == "done"
+    assert set(world.nats.vectors()) == {("m1", job.image_id), ("model2", job.image_id)}
+    rec = world.store.records[job.image_id]
+    assert rec.model == "m1" and world.store.states(job.image_id) == FLOW
+
+
+async def test_the_switch_model_failing_leaves_the_image_done_under_the_active_one(world: World) -> None:
+    world.config.cfg = MeshConfig(active_model="m1", next_model="model2")
+    world.embedder.fail["model2"] = EmbedderError("model2 cannot take this image", model="model2")
+    job = world.add_image()
+    assert await world.pipeline.process(job) == "done"
+    assert set(world.nats.vectors()) == {("m1", job.image_id)}
+    notes = [h for h in world.store.records[job.image_id].history if h.get("step") == "embed"]
+    assert notes and notes[0]["model"] == "model2" and "cannot take" in notes[0]["error"]
+
+
+async def test_a_reembed_job_adds_vectors_without_touching_the_record(world: World) -> None:
+    job = world.add_image(status=Status.DONE, metadata={"exif.make": "Canon"}, model="m1")
+    before = world.store.records[job.image_id]
+    reembed = ProcessJob(
+        image_id=job.image_id, object_key=job.object_key, sha256=job.sha256, models=["model2"]
+    )
+    assert await world.pipeline.process(reembed) == "reembedded"
+    [upsert] = world.nats.upserts
+    assert (upsert.model, upsert.tags) == ("model2", {"exif.make": "Canon"})
+    assert ("model2", job.image_id) in world.store.embeddings
+    assert world.store.records[job.image_id] == before  # no state change, no history entry
+    assert not world.events.published
+
+    # a failed re-embed is a history note, the image stays done
+    await world.pipeline.fail(reembed, "undecodable", "bad")
+    rec = world.store.records[job.image_id]
+    assert rec.status == Status.DONE and rec.history[-1]["step"] == "reembed"
+    assert not world.events.published
+
+
+async def test_a_permanent_error_is_raised_and_fail_records_it(world: World) -> None:
+    world.embedder.fail["m1"] = EmbedderError("invalid argument", model="m1")
+    job = world.add_image()
+    with pytest.raises(PermanentError) as raised:
+        await world.pipeline.process(job)
+    assert not world.nats.upserts
+    # the coordinator records the error (``fail``) after the delivery policy gives up
+    await world.pipeline.fail(job, raised.value.code, raised.value.message)
+    rec = world.store.records[job.image_id]
+    assert rec.status == Status.ERROR
+    assert (error_of(rec).code, error_of(rec).message) == (raised.value.code, "invalid argument")
+    assert world.store.states(job.image_id) == ["pending", "processing", "error"]
+    assert world.events.statuses(job.image_id) == ["processing", "error"]
+    assert world.events.published[-1].error == rec.error
+
+
+async def test_an_object_that_does_not_hold_the_uploaded_bytes_is_a_mismatch(world: World) -> None:
+    job = world.add_image()
+    world.objects.objects[job.object_key] = b"other bytes"
+    with pytest.raises(ContentMismatch) as raised:
+        await world.pipeline.process(job)
+    assert raised.value.code == "sha256_mismatch"
+    assert not world.nats.upserts and not world.store.embeddings
+
+
+async def test_bytes_that_do_not_decode_are_a_permanent_error(world: World) -> None:
+    job = world.add_image()
+    data = b"\xff\xd8 not really a jpeg"
+    world.objects.objects[job.object_key] = data
+    job = ProcessJob(
+        image_id=job.image_id, object_key=job.object_key, sha256=hashlib.sha256(data).hexdigest()
+    )
+    with pytest.raises(PermanentError) as raised:
+        await world.pipeline.process(job)
+    assert raised.value.code == "undecodable"
+
+
+async def test_pipeline_steps_add_metadata_tags_and_notes(world: World) -> None:
+    world.config.cfg = MeshConfig(
+        active_model="m1", pipeline_steps=["moderation"], moderation_rules=["flag:min_side:100"]
+    )
+    job = world.add_image(metadata={"album": "x"})
+    assert await world.pipeline.process(job) == "done"
+    [upsert] = world.nats.upserts
+    assert upsert.tags == {"album": "x", "moderation.flagged": "true"}
+    notes = [h for h in world.store.records[job.image_id].history if h.get("step") == "moderation"]
+    assert notes and notes[0]["outcome"] == "flagged"
+
+
+async def test_a_step_that_rejects_the_image_stops_it_before_embedding(world: World) -> None:
+    world.config.cfg = MeshConfig(
+        active_model="m1", pipeline_steps=["moderation"], moderation_rules=["min_side:100"]
+    )
+    job = world.add_image()
+    with pytest.raises(PermanentError) as raised:
+        await world.pipeline.process(job)
+    assert raised.value.code == "moderation"
+    assert not world.embedder.calls and not world.nats.upserts
