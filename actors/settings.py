@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     coordinator_http_port: int = Field(8091, ge=1, le=65535)
     config_http_port: int = Field(8092, ge=1, le=65535)
     indexer_http_port: int = Field(8093, ge=1, le=65535)
+    # readers follow the Config DB with a NATS KV watch (changes arrive at once); while the watch is down
+    # (NATS outage, bucket not created yet) they ask config.get at most this often (ConfigClient)
+    config_poll_s: float = Field(5.0, gt=0)
 
     # --- names (tests give themselves their own) ---------------------------------------------
     stream: str = "IMAGES"

@@ -1,6 +1,6 @@
 """The config actor against real NATS: its Config DB bucket, its micro service, its HTTP side, and the
-client that keeps the rest of the mesh working while it is down. Each test gets a fresh bucket and its own
-HTTP port."""
+one-off client (not started) that keeps working while it is down. Each test gets a fresh bucket and its own
+HTTP port. Readers that follow the bucket with a watch are in ``test_config_watch.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -20,41 +19,26 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError
 
 from actors import contract
 from actors.adapters.config_client import ConfigClient, mesh_config_defaults
-from actors.config_actor import FIELDS, start
+from actors.config_rules import FIELDS
 from actors.contract import ConfigGet, MeshConfig
 from actors.errors import RetryableError, ServiceCallError
 from actors.rpc import call
-from actors.runtime import ActorProcess, connect_nats
+from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import settings_env
-from tests.conftest import free_port
+from tests.integration.configdb import config_actor, fresh_config_db, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def delete_bucket(nc: Client, bucket: str) -> None:
-    try:
-        await nc.jetstream().delete_key_value(bucket)
-    except NotFoundError:
-        pass
-
-
 @pytest.fixture
 async def cfg_settings(server_settings: Settings, ops_nc: Client) -> AsyncIterator[Settings]:
-    """The session's servers with a fresh Config DB and this test's own HTTP port.
-
-    The bucket keeps its real name: nats.conf grants the `config` user that bucket only (permissions match
-    whole tokens, so a per-test name cannot be allowed), so isolation is an empty bucket at start and at end.
-    """
-    s = server_settings.model_copy(update={"config_http_port": free_port()})
-    assert s.config_bucket == "config"
-    await delete_bucket(ops_nc, s.config_bucket)
-    yield s
-    await delete_bucket(ops_nc, s.config_bucket)
+    """The session's servers with a fresh Config DB and this test's own HTTP port."""
+    async with fresh_config_db(server_settings, ops_nc) as s:
+        yield s
 
 
 @pytest.fixture
@@ -63,32 +47,6 @@ async def gateway_nc(server_settings: Settings) -> AsyncIterator[Client]:
     nc = await connect_nats(server_settings, "gateway")
     yield nc
     await nc.close()
-
-
-async def wait_http(url: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer in {timeout_s}s")
-            await asyncio.sleep(0.05)
-
-
-@asynccontextmanager
-async def config_actor(s: Settings) -> AsyncIterator[ActorProcess]:
-    """The config actor in this process, connected as the `config` NATS user, stopped (drained) at the end."""
-    async with ActorProcess("config", s, s.config_http_port) as proc:
-        await start(proc)
-        await wait_http(f"http://{s.host}:{s.config_http_port}/health")
-        try:
-            yield proc
-        finally:
-            proc.stop()
 
 
 async def stored(nc: Client, s: Settings) -> dict[str, tuple[bytes, int]]:
@@ -118,20 +76,6 @@ async def test_defaults_seeded_once_and_kept_on_restart(cfg_settings: Settings, 
     async with config_actor(s2):
         got = await call(ops_nc, contract.CONFIG_GET, ConfigGet(), MeshConfig)
         assert (got.active_model, got.max_upload_bytes, got.max_k) == ("first_model", 1234, 42)
-
-
-async def test_set_is_visible_to_readers_within_ttl(
-    cfg_settings: Settings, ops_nc: Client, gateway_nc: Client
-) -> None:
-    ttl = 0.5
-    reader = ConfigClient(gateway_nc, ttl_s=ttl)
-    async with config_actor(cfg_settings):
-        assert (await reader.get()).max_k == 100
-        new = await ConfigClient(ops_nc).set("max_k", 42)
-        assert new.max_k == 42
-        assert new.default_k == 10  # the rest of the document comes back too
-        await asyncio.sleep(ttl)
-        assert (await reader.get()).max_k == 42
 
 
 async def test_invalid_set_is_refused_and_nothing_written(cfg_settings: Settings, ops_nc: Client) -> None:
@@ -200,32 +144,28 @@ async def test_service_is_discoverable(cfg_settings: Settings, ops_nc: Client) -
     assert {e["subject"] for e in info["endpoints"]} == {contract.CONFIG_GET, contract.CONFIG_SET}
 
 
-async def test_client_serves_last_good_value_while_actor_is_down(
+async def test_one_off_client_serves_last_good_value_while_actor_is_down(
     cfg_settings: Settings, ops_nc: Client, gateway_nc: Client
 ) -> None:
-    ttl = 0.2
-    reader = ConfigClient(gateway_nc, ttl_s=ttl)
+    reader = ConfigClient(gateway_nc)  # not started: every get() asks config.get
     async with config_actor(cfg_settings):
         await ConfigClient(ops_nc).set("default_k", 7)
         assert (await reader.get()).default_k == 7
-    await asyncio.sleep(ttl * 2)
-    assert (await reader.get()).default_k == 7  # stale but working
+    assert (await reader.get()).default_k == 7  # nobody answers: stale but working
     # a process that starts during the outage serves its fallback
     fallback = mesh_config_defaults(cfg_settings.model_copy(update={"max_pixels": 77}))
     assert (await ConfigClient(gateway_nc, fallback=fallback).get()).max_pixels == 77
-    # and the reader picks up the live value again once the actor is back
+    # and the reader has the live value again once the actor is back
     async with config_actor(cfg_settings):
-        await asyncio.sleep(ttl)
         assert (await reader.get()).default_k == 7
         await ConfigClient(ops_nc).set("default_k", 8)
-        await asyncio.sleep(ttl)
         assert (await reader.get()).default_k == 8
 
 
 async def test_config_user_may_watch_its_bucket_and_nothing_else(
     cfg_settings: Settings, ops_nc: Client
 ) -> None:
-    # the actor reads on every get; watching is for what comes next (push config changes to readers)
+    # the actor reads on every get; ConfigClient's watch runs as the gateway and coordinator users
     async with config_actor(cfg_settings):
         nc = await connect_nats(cfg_settings, "config")
         try:

@@ -8,12 +8,13 @@ import msgspec
 import pytest
 
 from actors.adapters.config_client import mesh_config_defaults
-from actors.config_actor import (
+from actors.config_rules import (
     FIELDS,
     RULES,
     InvalidConfig,
     apply_change,
     assemble,
+    assemble_entries,
     decode_stored,
     redact,
     redacted_settings,
@@ -140,6 +141,16 @@ def test_assemble_falls_back_per_key_and_reports() -> None:
         BASE.max_deliver,
     )
     assert sorted(p.key for p in problems) == ["ef_runtime", "max_deliver", "near_duplicate_threshold"]
+
+
+def test_assemble_entries_reports_each_bad_revision_once() -> None:
+    reported: set[tuple[str, int]] = set()
+    entries = {"max_k": (b"50", 3), "ef_runtime": (b'"lots"', 4)}
+    cfg, problems = assemble_entries(entries, BASE, reported)
+    assert (cfg.max_k, cfg.ef_runtime, [p.key for p in problems]) == (50, BASE.ef_runtime, ["ef_runtime"])
+    assert assemble_entries(entries, BASE, reported)[1] == []  # read again (or the next change): quiet
+    rewritten = entries | {"ef_runtime": (b'"still bad"', 9)}  # a new bad revision is news
+    assert [p.key for p in assemble_entries(rewritten, BASE, reported)[1]] == ["ef_runtime"]
 
 
 def test_assemble_accepts_values_valid_only_together() -> None:
