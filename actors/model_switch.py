@@ -1,14 +1,14 @@
 """Switching the active model without downtime: build the new model's index in the background, then swap.
 
-An operator (or ``POST /models/switch`` through the gateway) sets ``MeshConfig.next_model``. The switcher, a
-task of every coordinator process, then:
+``POST /models/switch`` (through the gateway, a ``models.switch`` request served here) or an operator sets
+``MeshConfig.next_model``. The switcher, a task of every coordinator process, then:
 
 1. checks that Triton serves ``next_model`` as an image model (else: state ``failed``, ``next_model`` cleared);
 2. lists the images whose record is ``done`` and publishes a re-embed job ``ProcessJob(models=[next_model])``
    for each one without a vector under ``next_model`` (``Nats-Msg-Id`` ``switch:<model>:<start>:<round>:<id>``:
    JetStream drops a repeat, from this replica or another). ``Pipeline.process`` adds the vector without
    touching the record. Meanwhile new uploads are embedded under both models (``workflow.planned_models``);
-3. keeps its progress in Redis (``<prefix>:switch:<model>``: state, done, total) for ``GET /models``;
+3. keeps its progress in Redis (``adapters/switch_progress.py``: state, done, total) for ``GET /models``;
 4. swaps when every done image has a vector under ``next_model``, readers have had time to see ``next_model``
    (their config cache is at most 2 s old), and the images that were pending or in flight at that moment are
    done too (``drain``; at most ``DRAIN_MAX_S``): one KV write of ``active_model = next_model`` (the atomic
@@ -16,38 +16,39 @@ task of every coordinator process, then:
    cleared. An image that finished without the new vector (its job began before ``next_model`` was seen) makes
    the index incomplete again: it is re-embedded first.
 
-Several coordinator replicas: one drives a switch at a time, holding a Redis lease (``SET NX PX``, renewed
-every tick); every step is idempotent, so a replica that takes over after a crash simply goes on. The old
-model's index is kept: switching back is the same procedure and only re-embeds the images uploaded since.
+Several coordinator replicas: one drives a switch at a time, holding a Redis lease (redis-py's ``Lock``,
+renewed every tick; a dead holder's lease expires after ``LEASE_S``); every step is idempotent, so a replica
+that takes over after a crash simply goes on. The old model's index is kept: switching back is the same
+procedure and only re-embeds the images uploaded since.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-import msgspec
 import redis.asyncio as aioredis
 import structlog
 from nats.js import JetStreamContext
-from redis.exceptions import RedisError
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
-from actors import contract
 from actors.adapters.config_client import ConfigClient
 from actors.adapters.embedder import Embedder, EmbedderException, EmbedderUnavailable
+from actors.adapters.job_queue import JobQueue
+from actors.adapters.switch_progress import FINISHED, Progress, SwitchProgress, SwitchState, switch_target
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import MeshConfig, ProcessJob, Status
-from actors.errors import MeshError, RetryableError, ServiceCallError
+from actors.contract import MeshConfig, ModelSwitchReply, ModelSwitchRequest, Status
+from actors.errors import MeshError, PermanentError, RetryableError, ServiceCallError
 
 log = structlog.get_logger("model_switch")
 
 TICK_S = 1.0
-LEASE_MS = 10_000  # a replica that dies holding the lease is replaced after this long
+LEASE_S = 10.0  # a replica that dies holding the lease is replaced after this long
 CONFIG_SETTLE_S = 3.0  # readers cache the config for <= 2 s: after this, every new job embeds next_model too
 STALL_S = 120.0  # no progress for this long: publish the missing images' jobs again (a new round)
 PUBLISH_BATCH = 64
@@ -55,85 +56,13 @@ UNFINISHED = (Status.PENDING, Status.PROCESSING, Status.EMBEDDED, Status.INDEXED
 DRAIN_MAX_S = 60.0  # how long the swap waits for the images unfinished when the new index became complete
 MAX_IMAGES = 10_000_000
 
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-class SwitchState(enum.StrEnum):
-    BUILDING = "building"  # re-embedding the images that lack a vector under the new model
-    SWAPPING = "swapping"  # complete: writing active_model
-    DONE = "done"
-    FAILED = "failed"  # the model can not be switched to (not served, not an image model)
-    CANCELLED = "cancelled"  # next_model was cleared or changed before the swap
-
-
-FINISHED = frozenset({SwitchState.DONE, SwitchState.FAILED, SwitchState.CANCELLED})
-
-
-class Progress(msgspec.Struct, kw_only=True):
-    """A switch's progress, as stored in ``<prefix>:switch:<model>`` and shown by ``GET /models``."""
-
-    model: str
-    state: SwitchState
-    from_model: str = ""
-    done: int = 0  # done images with a vector under ``model``
-    total: int = 0  # done images
-    round: int = 0  # bumped when a stalled switch publishes its jobs again
-    started_at: float = 0.0
-    updated_at: float = 0.0
-    finished_at: float = 0.0
-    reason: str = ""
-
-
-# --- keys (``P`` is ``settings.redis_prefix``) ---------------------------------------------------------------
-def progress_key(prefix: str, model: str) -> str:
-    return f"{prefix}:switch:{model}"
-
 
 def lease_key(prefix: str) -> str:
+    """The Redis key of the lease: whoever holds it drives the switch (``P`` is ``settings.redis_prefix``)."""
     return f"{prefix}:switch:lease"
 
 
-def request_key(prefix: str) -> str:
-    """Where ``POST /models/switch`` leaves its request (the gateway may not write the config itself)."""
-    return f"{prefix}:switch:request"
-
-
-def last_key(prefix: str) -> str:
-    """The model of the latest switch (for ``GET /models`` once it is over)."""
-    return f"{prefix}:switch:last"
-
-
-def encode_progress(p: Progress) -> dict[str, str]:
-    return {k: str(v) for k, v in msgspec.structs.asdict(p).items()}
-
-
-def decode_progress(raw: Mapping[bytes | str, bytes | str]) -> Progress | None:
-    if not raw:
-        return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    try:
-        return msgspec.convert(fields, Progress, strict=False)
-    except msgspec.ValidationError:
-        return None
-
-
-async def read_progress(redis: aioredis.Redis, prefix: str, model: str | None = None) -> Progress | None:
-    """The progress of the switch to ``model`` (default: the latest switch), or None."""
-    if model is None:
-        last = await redis.get(last_key(prefix))
-        if not last:
-            return None
-        model = _text(last)
-    return decode_progress(await redis.hgetall(progress_key(prefix, model)))  # type: ignore[misc]
-
-
 # --- the pure decisions (unit-tested) -------------------------------------------------------------------------
-def switch_target(cfg: MeshConfig) -> str | None:
-    """The model a switch is building, or None. ``next_model == active_model`` is a swap half done: none."""
-    return cfg.next_model if cfg.next_model and cfg.next_model != cfg.active_model else None
-
-
 def count(done_ids: Iterable[str], vector_ids: Iterable[str]) -> tuple[int, int, list[str]]:
     """``(done, total, missing)``: done images with a vector under the new model, done images, the others."""
     done_set = set(done_ids)
@@ -170,6 +99,11 @@ def switch_msg_id(model: str, started_at: float, round_: int, image_id: str) -> 
     return f"switch:{model}:{int(started_at * 1000)}:{round_}:{image_id}"
 
 
+def next_model_for(requested: str, cfg: MeshConfig) -> str:
+    """What a request for ``requested`` sets ``next_model`` to: the active model cancels (``""``)."""
+    return "" if requested == cfg.active_model else requested
+
+
 # --- the switcher -----------------------------------------------------------------------------------------
 class ModelSwitcher:
     """Drives ``next_model`` switches; one per coordinator process, one active at a time (a Redis lease)."""
@@ -188,10 +122,10 @@ class ModelSwitcher:
         settle_s: float = CONFIG_SETTLE_S,
         stall_s: float = STALL_S,
         drain_max_s: float = DRAIN_MAX_S,
+        lease_s: float = LEASE_S,
     ) -> None:
-        self.prefix = prefix
-        self.redis = redis
-        self.js = js
+        self.progress = SwitchProgress(redis, prefix)
+        self.jobs = JobQueue(js)
         self.config = config
         self.store = store
         self.vectors = vectors
@@ -201,6 +135,8 @@ class ModelSwitcher:
         self.stall_s = stall_s
         self.drain_max_s = drain_max_s
         self.token = uuid.uuid4().hex  # this replica's lease value
+        # not thread-local: the lease belongs to this switcher, whichever task renews or releases it
+        self._lease = Lock(redis, lease_key(prefix), timeout=lease_s, blocking=False, thread_local=False)
         self._holding = False
         self._target: str | None = None
         self._published: set[str] = set()  # msg ids this replica published for the current switch
@@ -216,14 +152,13 @@ class ModelSwitcher:
                 await self.tick()
             except (MeshError, RedisError, OSError, TimeoutError) as e:
                 log.warning("switch.tick_failed", error=str(e) or type(e).__name__)
-            except Exception:
+            except Exception:  # broad on purpose: a bug in one tick must not end switching for this process
                 log.exception("switch.tick_crashed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.tick_s)
         await self._release()
 
     async def tick(self) -> None:
-        await self._take_request()
         cfg = await self.config.get()
         if cfg.next_model and cfg.next_model == cfg.active_model:
             if await self._hold_lease():  # a swap interrupted between its two writes: finish it
@@ -241,15 +176,31 @@ class ModelSwitcher:
         if await self._hold_lease():
             await self._drive(cfg, target)
 
+    # --- requests (``models.switch``, from the gateway's POST /models/switch) ------------------------------
+    async def request(self, req: ModelSwitchRequest) -> ModelSwitchReply:
+        """Set ``next_model`` to the requested model (the active model: clear it, cancelling a running switch).
+
+        The next tick picks the change up. A refused value raises the config actor's ``ServiceRefused`` (400),
+        a config actor that does not answer a ``RetryableError`` (503): the caller decides, nothing is queued.
+        """
+        if not req.model:
+            raise PermanentError("a model name is required")
+        current = await self.config.read()  # the Config DB now, not a cached value: a cancel must not be lost
+        before, value = switch_target(current), next_model_for(req.model, current)
+        cfg = current if value == current.next_model else await self.config.set("next_model", value)
+        cancelled = before if before is not None and before != switch_target(cfg) else ""
+        log.info("switch.requested", model=req.model, next_model=cfg.next_model or None, cancelled=cancelled)
+        return ModelSwitchReply(active_model=cfg.active_model, next_model=cfg.next_model, cancelled=cancelled)
+
     # --- one step of a switch --------------------------------------------------------------------------------
     async def _drive(self, cfg: MeshConfig, target: str) -> None:
         now = time.time()
-        prog = await read_progress(self.redis, self.prefix, target)
+        prog = await self.progress.read(target)
         if prog is None or prog.state in FINISHED or prog.from_model != cfg.active_model:
             prog = Progress(
                 model=target, state=SwitchState.BUILDING, from_model=cfg.active_model, started_at=now
             )
-            await self.redis.set(last_key(self.prefix), target)
+            await self.progress.mark_latest(target)
             log.info("switch.started", model=target, active=cfg.active_model)
         if not await self._servable(prog):
             return
@@ -279,7 +230,7 @@ class ModelSwitcher:
         self._waiting = waiting
         prog.done, prog.total, prog.updated_at = done, total, time.time()
         prog.reason = f"waiting for {len(waiting)} images in flight" if waiting else prog.reason
-        await self._save(prog)
+        await self.progress.save(prog)
         if published:
             log.info("switch.published", model=target, jobs=published, done=done, total=total)
         waited_s = time.monotonic() - self._waiting_since
@@ -295,7 +246,7 @@ class ModelSwitcher:
         except EmbedderUnavailable as e:
             prog.reason = f"waiting for Triton: {e.message}"
             prog.updated_at = time.time()
-            await self._save(prog)
+            await self.progress.save(prog)
             return False
         except EmbedderException as e:
             await self._fail(prog, f"Triton can not serve {prog.model}: {e.message}")
@@ -317,31 +268,19 @@ class ModelSwitcher:
         return len(todo)
 
     async def _publish_one(self, target: str, image_id: str, msg_id: str) -> None:
+        """One re-embed job; the record's own ``attempt``: not a replay, the pipeline takes it as a re-embed.
+        A publish JetStream did not acknowledge raises ``RetryableError``: the next tick publishes it again."""
         rec = await self.store.get(image_id)
         if rec is None:  # deleted meanwhile
             return
-        job = ProcessJob(
-            image_id=image_id,
-            object_key=rec.object_key,
-            sha256=rec.sha256,
-            trace_id=rec.trace_id,
-            attempt=rec.attempt,  # not a replay: the pipeline takes it as a background re-embed
-            models=[target],
-        )
-        try:
-            await self.js.publish(
-                contract.JOBS_SUBJECT, contract.encode(job), headers={contract.MSG_ID_HEADER: msg_id}
-            )
-        except Exception as e:  # not stored: the next tick publishes it again
-            raise RetryableError(f"could not publish the re-embed job of {image_id}: {e!r}") from e
+        await self.jobs.publish_record(rec, models=[target], msg_id=msg_id)
         self._published.add(msg_id)
 
     async def _swap(self, prog: Progress) -> None:
-        self.config.invalidate()
-        if switch_target(await self.config.get()) != prog.model:
+        if switch_target(await self.config.read()) != prog.model:
             return  # changed under us: the next tick sees it
         prog.state, prog.updated_at = SwitchState.SWAPPING, time.time()
-        await self._save(prog)
+        await self.progress.save(prog)
         await self.config.set("active_model", prog.model)  # the atomic swap: one KV write
         log.info("switch.swapped", model=prog.model, previous=prog.from_model, images=prog.total)
         await self._finish(prog.model)
@@ -349,11 +288,11 @@ class ModelSwitcher:
     async def _finish(self, model: str) -> None:
         """After the swap: clear next_model (idempotent), mark the switch done."""
         await self.config.set("next_model", "")
-        prog = await read_progress(self.redis, self.prefix, model)
+        prog = await self.progress.read(model)
         if prog is not None and prog.state not in FINISHED:
             prog.state, prog.reason = SwitchState.DONE, ""
             prog.updated_at = prog.finished_at = time.time()
-            await self._save(prog)
+            await self.progress.save(prog)
             log.info(
                 "switch.done",
                 model=model,
@@ -364,8 +303,8 @@ class ModelSwitcher:
     async def _fail(self, prog: Progress, reason: str) -> None:
         prog.state, prog.reason = SwitchState.FAILED, reason
         prog.updated_at = prog.finished_at = time.time()
-        await self._save(prog)
-        await self.redis.set(last_key(self.prefix), prog.model)
+        await self.progress.save(prog)
+        await self.progress.mark_latest(prog.model)
         log.warning("switch.failed", model=prog.model, reason=reason)
         with contextlib.suppress(ServiceCallError, RetryableError):
             cfg = await self.config.get()
@@ -373,58 +312,33 @@ class ModelSwitcher:
                 await self.config.set("next_model", "")
 
     async def _cancel(self, model: str, reason: str) -> None:
-        prog = await read_progress(self.redis, self.prefix, model)
+        prog = await self.progress.read(model)
         if prog is not None and prog.state not in FINISHED:
             prog.state, prog.reason = SwitchState.CANCELLED, reason
             prog.updated_at = prog.finished_at = time.time()
-            await self._save(prog)
+            await self.progress.save(prog)
             log.info("switch.cancelled", model=model, reason=reason)
-
-    async def _save(self, prog: Progress) -> None:
-        await self.redis.hset(progress_key(self.prefix, prog.model), mapping=encode_progress(prog))  # type: ignore[arg-type,misc]
-
-    # --- requests from the gateway ---------------------------------------------------------------------------
-    async def _take_request(self) -> None:
-        """Apply a ``POST /models/switch`` left in Redis: set (or, for the active model, clear) next_model."""
-        raw = await self.redis.getdel(request_key(self.prefix))
-        if not raw:
-            return
-        try:
-            model = msgspec.json.decode(raw, type=dict[str, str])["model"]
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
-            log.warning("switch.bad_request", raw=_text(raw)[:200])
-            return
-        cfg = await self.config.get()
-        value = "" if model == cfg.active_model else model
-        if value == cfg.next_model:
-            return
-        try:
-            await self.config.set("next_model", value)
-        except ServiceCallError as e:
-            if e.retryable:
-                await self.redis.set(request_key(self.prefix), raw, nx=True)  # try again next tick
-                raise
-            log.warning("switch.request_refused", model=model, error=e.description)
-            return
-        log.info("switch.requested", model=model, next_model=value or None)
 
     # --- the lease ----------------------------------------------------------------------------------------
     async def _hold_lease(self) -> bool:
-        key = lease_key(self.prefix)
-        if self._holding and await self.redis.eval(_RENEW, 1, key, self.token, LEASE_MS):  # type: ignore[misc]
-            return True
-        self._holding = bool(await self.redis.set(key, self.token, nx=True, px=LEASE_MS))
+        """Renew the lease this replica holds, or take it when it is free; False while another one holds it."""
+        if self._holding:
+            try:
+                await self._lease.reacquire()  # back to the full timeout
+                return True
+            except LockNotOwnedError:  # it expired (this replica stalled): another one may hold it now
+                self._holding = False
+                log.warning("switch.lease_lost", owner=self.token)
+        self._holding = await self._lease.acquire(blocking=False, token=self.token)
         if self._holding:
             self._published.clear()  # another replica may have driven meanwhile: JetStream drops repeats
             log.info("switch.lease_taken", owner=self.token)
         return self._holding
 
     async def _release(self) -> None:
+        """Give the lease up (no switch, or shutting down); one that expired or can not be reached meanwhile
+        needs nothing: it expires by itself."""
         if self._holding:
-            with contextlib.suppress(RedisError, OSError):
-                await self.redis.eval(_RELEASE, 1, lease_key(self.prefix), self.token)  # type: ignore[misc]
             self._holding = False
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
+            with contextlib.suppress(LockError, RedisError, OSError):
+                await self._lease.release()

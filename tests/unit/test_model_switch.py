@@ -1,25 +1,36 @@
-"""The model switch's pure logic: the target, progress, when to swap, the config rule, the pipeline's plan."""
+"""The model switch's logic: the target, progress, when to swap, the config rule, the pipeline's plan, and how a
+``models.switch`` request changes ``next_model``."""
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from actors.contract import ImageRecord
-from actors.config_actor import InvalidConfig, apply_change
-from actors.contract import MeshConfig, ProcessJob, Status
-from actors.model_switch import (
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client
+
+from actors.adapters.switch_progress import (
     Progress,
+    SwitchProgress,
     SwitchState,
-    count,
     decode_progress,
-    drain,
     encode_progress,
+    switch_target,
+)
+from actors.config_rules import InvalidConfig, apply_change
+from actors.contract import ImageRecord, MeshConfig, ModelSwitchRequest, ProcessJob, Status
+from actors.errors import PermanentError, RetryableError
+from actors.model_switch import (
+    ModelSwitcher,
+    count,
+    drain,
+    next_model_for,
     ready_to_swap,
     stalled,
     switch_msg_id,
-    switch_target,
 )
 from actors.workflow import is_reembed, planned_models
+from tests.conftest import free_port
 
 OLD, NEW = "efficientnet_lite0", "clip_image"
 
@@ -123,3 +134,81 @@ def test_progress_round_trips_through_a_redis_hash() -> None:
     assert decode_progress(raw) == p
     assert decode_progress({}) is None
     assert decode_progress({b"model": b"x", b"state": b"bogus"}) is None
+
+
+# --- requests on ``models.switch`` ------------------------------------------------------------------------------
+class FakeConfig:
+    """The switcher's ConfigClient, with the config actor's own rules (``apply_change``) and no NATS."""
+
+    def __init__(self, cfg: MeshConfig, fail: Exception | None = None) -> None:
+        self.value, self.fail = cfg, fail
+        self.writes: list[tuple[str, Any]] = []
+
+    async def get(self) -> MeshConfig:
+        return self.value
+
+    async def read(self) -> MeshConfig:
+        if self.fail is not None:
+            raise self.fail
+        return self.value
+
+    async def set(self, key: str, value: Any) -> MeshConfig:
+        if self.fail is not None:
+            raise self.fail
+        self.writes.append((key, value))
+        self.value = apply_change(self.value, key, value)
+        return self.value
+
+
+def switcher(config: FakeConfig) -> ModelSwitcher:
+    """A switcher that only serves requests: its Redis and NATS clients are never connected."""
+    return ModelSwitcher(
+        prefix="test",
+        redis=aioredis.Redis(),
+        js=Client().jetstream(),
+        config=config,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        vectors=None,  # type: ignore[arg-type]
+        embedder=None,  # type: ignore[arg-type]
+    )
+
+
+def test_a_request_for_the_active_model_cancels_and_others_become_next_model() -> None:
+    assert next_model_for(NEW, MeshConfig(active_model=OLD)) == NEW
+    assert next_model_for(OLD, MeshConfig(active_model=OLD, next_model=NEW)) == ""
+
+
+@pytest.mark.parametrize(
+    ("active", "next_", "asked", "want_next", "want_cancelled"),
+    [
+        (OLD, "", NEW, NEW, ""),  # a new switch
+        (OLD, NEW, NEW, NEW, ""),  # asked again: the same switch goes on
+        (OLD, NEW, OLD, "", NEW),  # the active model: cancels the running switch
+        (OLD, "", OLD, "", ""),  # the active model, nothing running: nothing to do (the gateway's 200)
+        (OLD, NEW, "other_image", "other_image", NEW),  # another model replaces the running switch
+        (NEW, NEW, NEW, "", ""),  # a swap half done: clearing next_model is what the swap does next anyway
+    ],
+)
+async def test_a_switch_request_sets_next_model_and_says_what_it_cancelled(
+    active: str, next_: str, asked: str, want_next: str, want_cancelled: str
+) -> None:
+    config = FakeConfig(MeshConfig(active_model=active, next_model=next_))
+    reply = await switcher(config).request(ModelSwitchRequest(model=asked))
+    assert (reply.active_model, reply.next_model, reply.cancelled) == (active, want_next, want_cancelled)
+    assert config.value.next_model == want_next
+    assert config.writes == ([] if next_ == want_next else [("next_model", want_next)])
+
+
+async def test_a_switch_request_fails_typed_when_it_can_not_be_applied() -> None:
+    with pytest.raises(PermanentError):
+        await switcher(FakeConfig(MeshConfig())).request(ModelSwitchRequest(model=""))
+    down = FakeConfig(MeshConfig(), fail=RetryableError("config.set timed out after 2.0s"))
+    with pytest.raises(RetryableError):  # the service answers 503: the gateway's 503 with Retry-After
+        await switcher(down).request(ModelSwitchRequest(model=NEW))
+
+
+async def test_a_redis_outage_reading_the_progress_is_retryable() -> None:
+    # the gateway answers 503 with Retry-After for it
+    async with SwitchProgress.from_url(f"redis://127.0.0.1:{free_port()}/0", "test") as store:
+        with pytest.raises(RetryableError):
+            await store.read()
