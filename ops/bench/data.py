@@ -1,6 +1,6 @@
 """Benchmark inputs: camera-sized JPEGs, ~100 KB upload JPEGs, and embedding-like vectors with structure.
 
-Images start from the photos that ship inside scikit-image (``tests/images.py``), cropped, recoloured and
+Images start from the photos that ship inside scikit-image (``ops/photos.py``), cropped, recoloured and
 given sensor-like noise so they compress like photos. Every repetition re-tags the same JPEGs with a comment
 segment (:func:`tagged`): the bytes (and so the sha256 the gateway de-duplicates on) differ, the decoding
 work does not.
@@ -22,7 +22,7 @@ CAMERA_SIZE = (1024, 768)
 
 
 def _bases(size: tuple[int, int]) -> list[Image.Image]:
-    from tests.images import PHOTOS, photo  # scikit-image's photos (a dev dependency, like the bench)
+    from ops.photos import PHOTOS, photo  # scikit-image's photos (a dev dependency, like the bench)
 
     w, h = size
     return [photo(n).resize((w + w // 8, h + h // 8), Image.Resampling.BICUBIC) for n in PHOTOS]

@@ -26,7 +26,7 @@ class Plan:
     upload_concurrency: int = 16
     profile: bool = True
     profile_n: int = 32
-    sibling_photos: int = 8  # of tests/images.py's PHOTOS (5 images each)
+    sibling_photos: int = 8  # of ops/photos.py's PHOTOS (5 images each)
     image_size: tuple[int, int] = (1024, 768)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +17,9 @@ import pytest
 import redis
 
 from actors.adapters.config_client import ConfigClient
-from actors.runtime import connect_nats
 from actors.settings import Settings
-from ops.stack.prepare import prepare
 from ops.stack.supervisor import Stack
-from tests.conftest import test_settings
+from tests.helpers import ops_connection, running_stack, upload_with_retry, wait_until
 
 FULL = os.environ.get("MESH_CHAOS_FULL") == "1"
 MODEL = "efficientnet_lite0"
@@ -35,29 +32,24 @@ def size(full: int, reduced: int) -> int:
 
 @pytest.fixture(scope="session")
 def chaos_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = test_settings(
-        tmp_path_factory.mktemp("chaos"), model_repository=tmp_path_factory.mktemp("chaos_models")
-    )
-    prepare(settings)
-    stack = Stack(settings)
-    stack.launch_supervisord()
-    try:
-        stack.start(timeout_s=240)
-        asyncio.run(_fast_retries(settings))
+    data_dir, models_dir = tmp_path_factory.mktemp("chaos"), tmp_path_factory.mktemp("chaos_models")
+    with running_stack(data_dir, model_repository=models_dir) as stack:
+        asyncio.run(_fast_retries(stack.settings))
         yield stack
-    finally:
-        stack.shutdown()
 
 
 async def _fast_retries(s: Settings) -> None:
     """Short backoff so that faults are retried within a test's time (the policy, not the mechanism)."""
-    nc = await connect_nats(s, "ops")
-    try:
-        cfg = ConfigClient(nc, ttl_s=0)
+    async with ops_connection(s) as nc:
+        cfg = ConfigClient(nc)
         await cfg.set("backoff_s", [0.5, 1.0, 2.0, 4.0])
         await cfg.set("max_deliver", 8)
-    finally:
-        await nc.close()
+
+
+@pytest.fixture(scope="session")
+def stack(chaos_mesh: Stack) -> Stack:
+    """The folder's stack, for the shared fixtures of tests/conftest.py (``ops_nc``)."""
+    return chaos_mesh
 
 
 @pytest.fixture(scope="session")
@@ -72,25 +64,6 @@ async def gw(chaos_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def upload_with_retry(
-    client: httpx.AsyncClient, data: bytes, *, deadline_s: float = 120, name: str = "x.jpg"
-) -> tuple[str, list[int]]:
-    """Upload like a well-behaved client: retry 503s and connection errors; returns (image_id, statuses)."""
-    statuses: list[int] = []
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            r = await client.post("/images/upload", files={"file": (name, data, "image/jpeg")})
-            statuses.append(r.status_code)
-            if r.status_code in (200, 202):
-                return str(r.json()["image_id"]), statuses
-            assert r.status_code == 503, f"unexpected {r.status_code}: {r.text[:200]}"
-        except httpx.TransportError:
-            statuses.append(0)
-        assert time.monotonic() < deadline, f"upload never accepted: {statuses[-10:]}"
-        await asyncio.sleep(0.2 + random.random() * 0.3)
-
-
 async def ingest(
     client: httpx.AsyncClient, images: list[bytes], concurrency: int = 8
 ) -> tuple[list[str], list[list[int]]]:
@@ -103,30 +76,6 @@ async def ingest(
 
     results = await asyncio.gather(*(one(d) for d in images))
     return [r[0] for r in results], [r[1] for r in results]
-
-
-async def wait_terminal(client: httpx.AsyncClient, ids: list[str], timeout_s: float) -> dict[str, dict]:
-    """Poll until every image is done or error (retrying while the gateway itself is unavailable)."""
-    deadline = time.monotonic() + timeout_s
-    records: dict[str, dict] = {}
-    pending = set(ids)
-    while pending:
-        for image_id in list(pending):
-            try:
-                r = await client.get(f"/images/{image_id}")
-            except httpx.TransportError:
-                break
-            if r.status_code != 200:
-                continue
-            records[image_id] = r.json()
-            if r.json()["status"] in ("done", "error"):
-                pending.discard(image_id)
-        if pending:
-            if time.monotonic() > deadline:
-                stuck = {i: records.get(i, {}).get("status") for i in list(pending)[:5]}
-                raise AssertionError(f"{len(pending)} images not terminal after {timeout_s}s: {stuck}")
-            await asyncio.sleep(0.5)
-    return records
 
 
 def index_ids(settings: Settings, model: str = MODEL) -> list[str]:
@@ -174,6 +123,16 @@ async def wait_healthy(stack: Stack, name: str, timeout_s: float = 60) -> None:
     while (problem := await asyncio.to_thread(svc.probe)) is not None:
         assert time.monotonic() < deadline, f"{name} not healthy again: {problem}"
         await asyncio.sleep(0.5)
+
+
+async def wait_restarted(stack: Stack, name: str, old_pid: int, timeout_s: float = 90) -> int:
+    """Until supervisord has started a new ``name`` (a pid other than ``old_pid``) and it is healthy: the old
+    process cannot answer the probe any more. Returns the new pid."""
+    await wait_until(
+        f"a new {name} pid", lambda: stack.pids()[name] not in (None, old_pid), timeout_s, every_s=0.05
+    )
+    await wait_healthy(stack, name, timeout_s)
+    return pid_of(stack, name)
 
 
 def data_dir(stack: Stack) -> Path:

@@ -10,20 +10,17 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.chaos.conftest import (
-    assert_ingest_invariants,
-    pid_of,
-    size,
-    upload_with_retry,
-    wait_healthy,
-    wait_terminal,
-)
+from tests.chaos.conftest import assert_ingest_invariants, pid_of, size, wait_restarted
+from tests.helpers import ops_connection, upload, upload_with_retry, wait_terminal, wait_until
 from tests.images import distinct_jpegs
 
 N = size(300, 40)
@@ -68,16 +65,45 @@ async def run_with_fault(
     return result
 
 
+# what each actor counts once it has done a piece of the ingest (docs/OPERATIONS.md lists the metrics)
+WORK_DONE = {"coordinator": "mesh_jobs_total", "indexer": "mesh_index_upserts_total"}
+
+
+def work_done(settings: Settings, name: str) -> float:
+    """How much of the ingest the running ``name`` process has done (its counter starts at 0 on a restart)."""
+    port = getattr(settings, f"{name}_http_port")
+    text = httpx.get(f"http://{settings.host}:{port}/metrics", timeout=5).text
+    families = text_string_to_metric_families(text)
+    return sum(s.value for f in families for s in f.samples if s.name == WORK_DONE[name])
+
+
+async def wait_working(stack: Stack, name: str, timeout_s: float = 120) -> None:
+    """Until the restarted ``name`` has done some of the ingest, or no job is left for it to do."""
+    s = stack.settings
+    async with ops_connection(s) as nc:
+        js = nc.jetstream()
+
+        async def working_or_idle() -> bool:
+            if await asyncio.to_thread(work_done, s, name) > 0:
+                return True
+            info = await js.consumer_info(s.stream, s.consumer)
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_until(f"the new {name} at work", working_or_idle, timeout_s, every_s=0.1)
+
+
 def kill_twice(name: str) -> Fault:
+    """kill -9 ``name``; once supervisord's new process is at work, kill -9 that one too."""
+
     async def fault(stack: Stack, gw: httpx.AsyncClient) -> dict[str, object]:
         pids = []
-        for _ in range(2):
+        for kill in range(2):
             pid = pid_of(stack, name)
             os.kill(pid, signal.SIGKILL)
             pids.append(pid)
-            await asyncio.sleep(1.0)
-            await wait_healthy(stack, name)  # supervisord restarts it
-            await asyncio.sleep(1.5)
+            await wait_restarted(stack, name, pid)  # supervisord restarts it
+            if kill == 0:
+                await wait_working(stack, name)  # so the second kill, too, lands mid-work
         assert pid_of(stack, name) not in pids
         return {"killed": f"{name} x2"}
 
@@ -95,11 +121,17 @@ async def test_kill_indexer_twice_during_ingest(chaos_mesh: Stack, gw: httpx.Asy
 
 
 async def _kill_and_hold_down(
-    stack: Stack, gw: httpx.AsyncClient, name: str, down_s: float
+    stack: Stack,
+    gw: httpx.AsyncClient,
+    name: str,
+    down_s: float,
+    while_down: Callable[[], Coroutine[Any, Any, dict[str, object]]] | None = None,
 ) -> dict[str, object]:
-    """kill -9 a server, keep it down for ``down_s`` (supervisord would restart it at once), start it again."""
+    """kill -9 a server, keep it down (supervisord would restart it at once) for ``down_s`` and until
+    ``while_down`` (a look at what clients see meanwhile) has returned, then start it again."""
     os.kill(pid_of(stack, name), signal.SIGKILL)
     stack.stop_service(name)  # hold it down: stops the instance supervisord may have restarted already
+    watch = asyncio.create_task(while_down()) if while_down else None
     seen: dict[int, int] = {}
     deadline = time.monotonic() + down_s
     probe = distinct_jpegs(1, seed=int(time.time()) % 100_000 + 500_000)[0]
@@ -107,12 +139,25 @@ async def _kill_and_hold_down(
     while time.monotonic() < deadline:
         ready = await gw.get("/ready")
         ready_503 |= ready.status_code == 503
-        r = await gw.post("/images/upload", files={"file": ("p.jpg", probe, "image/jpeg")})
+        r = await upload(gw, probe, "p.jpg")
         seen[r.status_code] = seen.get(r.status_code, 0) + 1
         assert r.status_code in (503, 202, 200), r.text
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # paces the probes over the outage's length
+    figures: dict[str, object] = {
+        "down_s": down_s,
+        "statuses_while_down": seen,
+        "ready_503_while_down": ready_503,
+    }
+    if watch is not None:
+        figures.update(await watch)
     stack.start_service(name, timeout_s=120)
-    return {"down_s": down_s, "statuses_while_down": seen, "ready_503_while_down": ready_503}
+    return figures
+
+
+def statuses_while_down(figures: dict[str, object]) -> dict[int, int]:
+    seen = figures["statuses_while_down"]
+    assert isinstance(seen, dict)
+    return seen
 
 
 @pytest.mark.timeout(900)
@@ -120,7 +165,7 @@ async def test_kill_nats_mid_ingest(chaos_mesh: Stack, gw: httpx.AsyncClient) ->
     async def fault(stack: Stack, client: httpx.AsyncClient) -> dict[str, object]:
         figures = await _kill_and_hold_down(stack, client, "nats", size(10, 4))
         # while NATS is down no upload may be accepted: a 2xx would be an upload without a stored job
-        assert set(figures["statuses_while_down"]) == {503}, figures  # type: ignore[arg-type]
+        assert set(statuses_while_down(figures)) == {503}, figures
         return figures
 
     await run_with_fault(chaos_mesh, gw, 30_003, fault)
@@ -132,10 +177,10 @@ async def test_kill_redis_mid_ingest(chaos_mesh: Stack, gw: httpx.AsyncClient) -
     await wait_terminal(gw, [known], timeout_s=60)
 
     async def fault(stack: Stack, client: httpx.AsyncClient) -> dict[str, object]:
-        watch = asyncio.create_task(_while_redis_down(client, known))
-        figures = await _kill_and_hold_down(stack, client, "redis", size(10, 4))
-        figures.update(await watch)
-        assert set(figures["statuses_while_down"]) == {503}, figures  # type: ignore[arg-type]
+        figures = await _kill_and_hold_down(
+            stack, client, "redis", size(10, 4), while_down=lambda: _while_redis_down(client, known)
+        )
+        assert set(statuses_while_down(figures)) == {503}, figures
         assert figures["ready_503_while_down"]
         return figures
 
@@ -147,10 +192,16 @@ async def test_kill_redis_mid_ingest(chaos_mesh: Stack, gw: httpx.AsyncClient) -
 
 async def _while_redis_down(client: httpx.AsyncClient, known: str) -> dict[str, object]:
     """What readers see while Redis is down: similar answers 503 with Retry-After; /status says the index is
-    not ready."""
-    await asyncio.sleep(1)
+    not ready. Called once Redis is down."""
+    status: dict[str, Any] = {}
+
+    async def redis_down_seen() -> bool:
+        nonlocal status
+        status = (await client.get("/status")).json()
+        return bool(status["servers"]["redis"] != "ok")
+
+    await wait_until("/status reports Redis down", redis_down_seen, timeout_s=30, every_s=0.2)
+    assert status["index"]["state"] != "ready", status
     similar = await client.get(f"/images/{known}/similar")
-    status = (await client.get("/status")).json()
     assert similar.status_code == 503 and similar.headers.get("retry-after"), similar.text
-    assert status["index"]["state"] != "ready" and status["servers"]["redis"] != "ok", status
     return {"similar_while_down": similar.status_code, "index_state_while_down": status["index"]["state"]}

@@ -24,15 +24,9 @@ from actors.adapters.object_store import object_key
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.chaos.conftest import (
-    assert_ingest_invariants,
-    pid_of,
-    size,
-    upload_with_retry,
-    wait_healthy,
-    wait_terminal,
-)
-from tests.conftest import s3_client as s3
+from tests.chaos.conftest import assert_ingest_invariants, pid_of, size, wait_healthy, wait_restarted
+from tests.helpers import s3_client as s3
+from tests.helpers import upload_with_retry, wait_terminal, wait_until
 from tests.images import distinct_jpegs
 
 SEED = 5_300_000
@@ -72,13 +66,6 @@ async def upload_all(
     ids = list(await asyncio.gather(*(one(d) for d in images)))
     run.ids += ids
     return ids
-
-
-async def until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def objects_since(settings: Settings, since: datetime) -> dict[str, tuple[str, datetime]]:
@@ -168,7 +155,18 @@ def utcnow() -> datetime:
 
 
 # --- (a) the gateway ------------------------------------------------------------------------------------
-async def kill_gateway_mid_put(stack: Stack, gateway_pid: int, start_wave: Any) -> Any:
+def upload_intents(settings: Settings) -> set[str]:
+    """The object keys of the uploads in flight: a gateway notes each before its put (gateway/intents.py)."""
+    with redis.Redis.from_url(settings.redis_server_url, decode_responses=True) as r:
+        return set(r.hkeys(f"{settings.redis_prefix}:upload_intents"))
+
+
+def stored_keys(settings: Settings) -> set[str]:
+    pages = s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket)
+    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
+
+
+async def kill_gateway_mid_put(stack: Stack, gateway_pid: int, start_wave: Any, wave_size: int) -> Any:
     """Start a wave of uploads and kill -9 the gateway at the worst moment, made certain (a random kill hits
     it only now and then); returns the wave's task.
 
@@ -176,15 +174,28 @@ async def kill_gateway_mid_put(stack: Stack, gateway_pid: int, start_wave: Any) 
     stores their objects, and each of those uploads now waits on its record; the gateway dies there (a crash
     during a Redis latency spike).
     """
+    s = stack.settings
     s3_pid, redis_pid = pid_of(stack, "s3"), pid_of(stack, "redis")
+    earlier = await asyncio.to_thread(upload_intents, s)
     os.kill(s3_pid, signal.SIGSTOP)
     try:
         task = start_wave()
-        await asyncio.sleep(2.0)
+        in_put: set[str] = set()
+
+        async def all_in_put() -> bool:
+            nonlocal in_put
+            in_put = await asyncio.to_thread(upload_intents, s) - earlier
+            return len(in_put) >= wave_size
+
+        await wait_until("every upload of the wave inside its S3 put", all_in_put, 60, every_s=0.05)
         os.kill(redis_pid, signal.SIGSTOP)
         try:
             os.kill(s3_pid, signal.SIGCONT)
-            await asyncio.sleep(4.0)  # S3 works off what queued up while it was stopped
+
+            async def all_stored() -> bool:  # S3 works off what queued up while it was stopped
+                return in_put <= await asyncio.to_thread(stored_keys, s)
+
+            await wait_until("the wave's objects stored", all_stored, 60, every_s=0.1)
             os.kill(gateway_pid, signal.SIGKILL)
         finally:
             os.kill(redis_pid, signal.SIGCONT)
@@ -218,20 +229,22 @@ async def test_gateway_kill_9_during_uploads(
 
         worst = k == kills - 1
         if k < kills and worst:
-            task = await kill_gateway_mid_put(chaos_mesh, pids[-1], start_wave)
+            task = await kill_gateway_mid_put(chaos_mesh, pids[-1], start_wave, len(wave))
         elif k < kills:
             task = start_wave()
+
             # mid-wave: its first upload answered (the gateway interleaves a wave, so its answers come in a
             # burst), the others in flight at every stage of accept_upload
-            await until(lambda w=wave_run: w.accepted >= 1, 120, "uploads accepted")
+            def first_accepted(w: Run = wave_run) -> bool:
+                return w.accepted >= 1
+
+            await wait_until("uploads accepted", first_accepted, 120, every_s=0.05)
             os.kill(pids[-1], signal.SIGKILL)
         else:
             task = start_wave()
         if k < kills:
             killed_at = wave_run.accepted
-            await until(lambda: chaos_mesh.pids()["gateway"] not in (None, pids[-1]), 60, "a new gateway pid")
-            pids.append(pid_of(chaos_mesh, "gateway"))
-            await wait_healthy(chaos_mesh, "gateway", timeout_s=90)
+            pids.append(await wait_restarted(chaos_mesh, "gateway", pids[-1], timeout_s=90))
             print(
                 f"\ngateway kill -9 #{k + 1}{' (mid-put, Redis stalled)' if worst else ''} at {killed_at}/"
                 f"{len(wave)} of its wave accepted: pid {pids[-2]} -> {pids[-1]}"
@@ -252,7 +265,7 @@ async def test_gateway_kill_9_during_uploads(
     assert_ingest_invariants(s, all_ids, images, records)
     # an object stored by a gateway that died before recording it is removed by the survivors' sweep
     # (gateway/intents.py) within a few seconds of the dead one's last heartbeat
-    await until(lambda: not orphans(s, since), 30, "orphaned objects swept")
+    await wait_until("orphaned objects swept", lambda: not orphans(s, since), 30, every_s=0.05)
     assert_nothing_half_stored(s, since, images)
 
 
@@ -290,7 +303,7 @@ async def test_config_actor_kill_9_mesh_runs_on_cached_config(
     # back: the Config DB outlived the actor (the fast retry policy the chaos stack set is still there)
     nc = await connect_nats(s, "ops")
     try:
-        cfg = await ConfigClient(nc, ttl_s=0).get()
+        cfg = await ConfigClient(nc).get()
     finally:
         await nc.close()
     assert cfg.backoff_s == [0.5, 1.0, 2.0, 4.0] and cfg.max_deliver == 8, cfg
@@ -311,7 +324,7 @@ async def test_s3_restart_during_ingest(
 
     runs = Run(), Run()
     part1 = asyncio.create_task(upload_all(gw, first, runs[0], concurrency=4))
-    await until(lambda: runs[0].accepted >= len(first) // 4, 120, "uploads accepted")
+    await wait_until("uploads accepted", lambda: runs[0].accepted >= len(first) // 4, 120, every_s=0.05)
     stopped_at = time.monotonic()
     await asyncio.to_thread(chaos_mesh.stop_service, "s3")
     try:

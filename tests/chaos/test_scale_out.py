@@ -23,8 +23,9 @@ import httpx
 from actors.settings import Settings
 from ops.stack.services import ROOT
 from ops.stack.supervisor import settings_env
-from tests.chaos.conftest import assert_ingest_invariants, ingest, size, wait_terminal
+from tests.chaos.conftest import assert_ingest_invariants, ingest, size
 from tests.conftest import free_port
+from tests.helpers import wait_terminal
 from tests.images import distinct_jpegs
 
 N = size(300, 40)

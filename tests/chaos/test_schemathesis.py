@@ -36,8 +36,9 @@ from schemathesis.checks import (
 from schemathesis.core.failures import FailureGroup
 
 from actors.settings import Settings
-from tests.chaos.conftest import FULL, size, upload_with_retry, wait_terminal
+from tests.chaos.conftest import FULL, size
 from tests.corpus import jpeg
+from tests.helpers import upload_with_retry, wait_terminal
 
 MAX_EXAMPLES = size(400, 25)
 # Per example: one request, which on two shared cores and a CPU Triton can take a few seconds (/encode).

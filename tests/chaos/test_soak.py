@@ -17,7 +17,8 @@ import httpx
 
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.chaos.conftest import assert_ingest_invariants, size, wait_terminal
+from tests.chaos.conftest import assert_ingest_invariants, size
+from tests.helpers import TERMINAL, upload, wait_status, wait_terminal
 from tests.images import distinct_jpegs
 
 UPLOADERS = 16
@@ -47,16 +48,6 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
 
 
-async def wait_done(client: httpx.AsyncClient, image_id: str, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = await client.get(f"/images/{image_id}")
-        status = r.json()["status"] if r.status_code == 200 else f"http {r.status_code}"
-        if status in ("done", "error") or time.monotonic() > deadline:
-            return str(status)
-        await asyncio.sleep(0.3)
-
-
 async def uploader(n: int, client: httpx.AsyncClient, stop_at: float, tally: Tally) -> None:
     """Upload new images one after another until ``stop_at``; every 5th round, re-send old bytes too."""
     batch: list[bytes] = []
@@ -68,7 +59,7 @@ async def uploader(n: int, client: httpx.AsyncClient, stop_at: float, tally: Tal
             batch = await asyncio.to_thread(distinct_jpegs, 16, (160, 120), seed)
         data = batch.pop()
         started = time.monotonic()
-        r = await client.post("/images/upload", files={"file": (f"s{n}.jpg", data, "image/jpeg")})
+        r = await upload(client, data, f"s{n}.jpg")
         tally.uploads += 1
         if r.status_code != 202:
             tally.errors.append(f"upload {r.status_code}: {r.text[:120]}")
@@ -77,14 +68,18 @@ async def uploader(n: int, client: httpx.AsyncClient, stop_at: float, tally: Tal
         tally.ids.append(image_id)
         tally.images.append(data)
         mine.append((data, image_id))
-        status = await wait_done(client, image_id)
+        try:
+            rec = await wait_status(client, [image_id], TERMINAL, 120, through_outages=True, every_s=0.3)
+            status = rec[image_id]["status"]
+        except AssertionError as e:  # a figure of the soak, not a failure of this one upload's client
+            status = str(e)
         tally.latencies.append(time.monotonic() - started)
         if status != "done":
             tally.errors.append(f"{image_id} ended {status}")
         rounds += 1
         if rounds % 5 == 0:
             old, old_id = mine[rounds // 2]
-            r = await client.post("/images/upload", files={"file": ("again.jpg", old, "image/jpeg")})
+            r = await upload(client, old, "again.jpg")
             tally.uploads += 1
             tally.duplicates += 1
             body = r.json()

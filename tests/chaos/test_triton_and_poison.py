@@ -15,14 +15,9 @@ from actors.adapters.object_store import ObjectStore
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.chaos.conftest import (
-    assert_ingest_invariants,
-    ingest,
-    size,
-    upload_with_retry,
-    wait_terminal,
-)
+from tests.chaos.conftest import assert_ingest_invariants, ingest, size
 from tests.chaos.test_kills import N
+from tests.helpers import upload_with_retry, wait_terminal
 from tests.images import distinct_jpegs
 
 
@@ -53,7 +48,7 @@ async def test_triton_down_mid_ingest_nothing_errors(chaos_mesh: Stack, gw: http
 async def test_poison_job_is_dead_lettered_and_replayed(chaos_mesh: Stack, gw: httpx.AsyncClient) -> None:
     s: Settings = chaos_mesh.settings
     nc = await connect_nats(s, "ops")
-    config = ConfigClient(nc, ttl_s=0)
+    config = ConfigClient(nc)
     before = await config.get()
     dead: list[contract.DeadLetter] = []
 

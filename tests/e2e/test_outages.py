@@ -8,7 +8,7 @@ import time
 import httpx
 
 from ops.stack.supervisor import Stack
-from tests.e2e.conftest import wait_status
+from tests.helpers import upload, wait_status
 from tests.images import distinct_jpegs
 
 
@@ -25,7 +25,7 @@ async def test_upload_while_nats_is_down_is_503_and_retry_is_not_a_duplicate(
     data = distinct_jpegs(1, seed=9090)[0]
     mesh.stop_service("nats")
     try:
-        r = await client.post("/images/upload", files={"file": ("a.jpg", data, "image/jpeg")})
+        r = await upload(client, data, "a.jpg")
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "unavailable"
         ready = await client.get("/ready")
@@ -36,7 +36,7 @@ async def test_upload_while_nats_is_down_is_503_and_retry_is_not_a_duplicate(
 
     deadline = time.monotonic() + 30
     while True:  # the gateway's NATS client reconnects on its own
-        r = await client.post("/images/upload", files={"file": ("a.jpg", data, "image/jpeg")})
+        r = await upload(client, data, "a.jpg")
         if r.status_code != 503 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
@@ -48,13 +48,13 @@ async def test_upload_while_s3_is_down_is_503(client: httpx.AsyncClient, mesh: S
     data = distinct_jpegs(1, seed=9191)[0]
     mesh.stop_service("s3")
     try:
-        r = await client.post("/images/upload", files={"file": ("a.jpg", data, "image/jpeg")})
+        r = await upload(client, data, "a.jpg")
         assert r.status_code == 503, r.text
         ready = await client.get("/ready")
         assert ready.status_code == 503 and "s3" in ready.json()["failed"]
     finally:
         mesh.start_service("s3")
     await wait_ready(client)
-    r = await client.post("/images/upload", files={"file": ("a.jpg", data, "image/jpeg")})
+    r = await upload(client, data, "a.jpg")
     assert r.status_code == 202, r.text
     await wait_status(client, [r.json()["image_id"]], {"done"}, timeout_s=90)

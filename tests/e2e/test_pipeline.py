@@ -13,7 +13,7 @@ import redis
 from actors import contract
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.e2e.conftest import wait_status
+from tests.helpers import upload, wait_status
 from tests.images import distinct_jpegs, sibling_set
 
 RECORD_FIELDS = {
@@ -32,10 +32,6 @@ RECORD_FIELDS = {
     "embedding_dim",
     "error",
 }
-
-
-async def upload(client: httpx.AsyncClient, data: bytes, name: str = "x.jpg", **form: str) -> httpx.Response:
-    return await client.post("/images/upload", files={"file": (name, data, "image/jpeg")}, data=form)
 
 
 async def test_forty_altered_copies_find_their_siblings(client: httpx.AsyncClient) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import uuid
 from collections.abc import AsyncIterator
 from fractions import Fraction
@@ -22,9 +21,8 @@ from PIL import ExifTags, Image
 
 from actors.adapters.config_client import ConfigClient
 from actors.errors import ServiceCallError
-from tests.e2e.conftest import wait_status
+from tests.helpers import upload_id, wait_status
 
-CONFIG_TTL_S = 2.0
 SEED_STATES = ["pending", "processing", "embedded", "indexed", "done"]
 
 
@@ -52,27 +50,22 @@ def photo_with_exif(
     return out.getvalue()
 
 
-async def upload(client: httpx.AsyncClient, data: bytes, metadata: dict[str, Any] | None = None) -> str:
-    form = {"metadata": json.dumps(metadata)} if metadata else {}
-    r = await client.post("/images/upload", files={"file": ("x.jpg", data, "image/jpeg")}, data=form)
-    assert r.status_code == 202, r.text
-    return str(r.json()["image_id"])
-
-
 @contextlib.asynccontextmanager
 async def config_values(nc: Client, **values: Any) -> AsyncIterator[None]:
-    """Set config keys for a test; restore their previous values (and wait out the readers' cache) after."""
-    config = ConfigClient(nc, ttl_s=0)
+    """Set config keys for a test; restore their previous values after.
+
+    No wait: the coordinator follows the Config DB with a KV watch, so a value written here reaches it long
+    before a job of an upload made after ``config.set`` returned (a browser-form upload, an S3 put, a record
+    and a JetStream round trip later)."""
+    config = ConfigClient(nc)
     before = await config.get()
     try:
         for key, value in values.items():
             await config.set(key, value)
-        await asyncio.sleep(CONFIG_TTL_S + 1)
         yield
     finally:
         for key in reversed(values):
             await config.set(key, getattr(before, key))
-        await asyncio.sleep(CONFIG_TTL_S + 1)
 
 
 async def test_exif_step_records_the_camera_not_the_place(client: httpx.AsyncClient, ops_nc: Client) -> None:
@@ -84,7 +77,7 @@ async def test_exif_step_records_the_camera_not_the_place(client: httpx.AsyncCli
         photo_with_exif(3, other, "Z 9", "2022:01:31 23:59:59"),
     ]
     async with config_values(ops_nc, pipeline_steps=["exif"]):
-        ids = await asyncio.gather(*(upload(client, d, {"run": run}) for d in images))
+        ids = await asyncio.gather(*(upload_id(client, d, metadata={"run": run}) for d in images))
         records = await wait_status(client, list(ids), {"done"})
 
     rec = records[ids[0]]
@@ -117,7 +110,9 @@ async def test_exif_step_records_the_camera_not_the_place(client: httpx.AsyncCli
     assert ids[2] in [h["image_id"] for h in r.json()["results"]]
 
     # steps run only when listed: an image uploaded now gets no EXIF fields
-    later = await upload(client, photo_with_exif(4, make, "EOS R7", "2024:01:01 00:00:00"), {"run": run})
+    later = await upload_id(
+        client, photo_with_exif(4, make, "EOS R7", "2024:01:01 00:00:00"), metadata={"run": run}
+    )
     assert (await wait_status(client, [later], {"done"}))[later]["metadata"] == {"run": run}
 
 
@@ -127,11 +122,11 @@ async def test_moderation_rejects_by_rule_and_flags_with_a_note(
     run = uuid.uuid4().hex[:8]
     rules = ["max_aspect_ratio:4", f"reject_metadata:exif.make=Banned-{run}", "flag:min_side:1000"]
     async with config_values(ops_nc, pipeline_steps=["exif", "moderation"], moderation_rules=rules):
-        wide = await upload(
+        wide = await upload_id(
             client, photo_with_exif(10, f"Ok-{run}", "m", "2020:01:01 00:00:00", size=(900, 200))
         )
-        banned = await upload(client, photo_with_exif(11, f"Banned-{run}", "m", "2020:01:01 00:00:00"))
-        flagged = await upload(client, photo_with_exif(12, f"Ok-{run}", "m", "2020:01:01 00:00:00"))
+        banned = await upload_id(client, photo_with_exif(11, f"Banned-{run}", "m", "2020:01:01 00:00:00"))
+        flagged = await upload_id(client, photo_with_exif(12, f"Ok-{run}", "m", "2020:01:01 00:00:00"))
         records = await wait_status(client, [wide, banned, flagged], {"done", "error"})
 
     for image_id, rule in ((wide, "max_aspect_ratio:4"), (banned, f"reject_metadata:exif.make=Banned-{run}")):
@@ -152,7 +147,7 @@ async def test_moderation_rejects_by_rule_and_flags_with_a_note(
 
 
 async def test_unknown_steps_and_bad_rules_are_refused_by_the_config_service(ops_nc: Client) -> None:
-    config = ConfigClient(ops_nc, ttl_s=0)
+    config = ConfigClient(ops_nc)
     for key, value, says in (
         ("pipeline_steps", ["exif", "watermark"], "unknown step 'watermark'"),
         ("moderation_rules", ["min_side:tiny"], "is not a number"),

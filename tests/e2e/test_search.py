@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,12 +29,10 @@ from actors.contract import MeshConfig
 from actors.duplicates import pair_set
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.conftest import s3_client
-from tests.e2e.conftest import wait_status
+from tests.helpers import s3_client, upload, wait_consumer_idle, wait_status, wait_until
 from tests.images import distinct_jpegs, jpeg, photo, sibling_set
 
 DEFAULT_MODEL, CLIP_IMAGE, CLIP_TEXT = "efficientnet_lite0", "clip_image", "clip_text"
-CONFIG_TTL_S = 2.0  # the gateway's and the coordinator's ConfigClient cache
 TIE = 1e-5  # brute force and Redis may order images this close either way
 TEXTS = ["a photo of a cat", "two red bicycles near the sea", "astronaut"]
 
@@ -44,13 +40,6 @@ TEXTS = ["a photo of a cat", "two red bicycles near the sea", "astronaut"]
 # --- helpers ------------------------------------------------------------------------------------------------
 def run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-async def upload(
-    client: httpx.AsyncClient, data: bytes, name: str = "x.jpg", metadata: dict[str, Any] | None = None
-) -> httpx.Response:
-    form = {"metadata": json.dumps(metadata)} if metadata else {}
-    return await client.post("/images/upload", files={"file": (name, data, "image/jpeg")}, data=form)
 
 
 async def upload_all(
@@ -67,20 +56,26 @@ async def upload_all(
     return ids
 
 
-async def set_active_model(nc: Client, model: str) -> None:
+async def set_active_model(nc: Client, client: httpx.AsyncClient, model: str) -> None:
+    """Write ``active_model`` and wait until the gateway serves it. Every reader follows the Config DB with a
+    KV watch, so the coordinator has the change by the time the gateway shows it."""
     cfg = await ConfigClient(nc).set("active_model", model)
     assert cfg.active_model == model
-    await asyncio.sleep(CONFIG_TTL_S + 1)  # until every cached copy (gateway, coordinator) has expired
+
+    async def gateway_follows() -> bool:
+        return bool((await client.get("/models")).json()["active"] == model)
+
+    await wait_until(f"the gateway serving {model}", gateway_follows, timeout_s=30, every_s=0.05)
 
 
 @contextlib.asynccontextmanager
-async def active_model(nc: Client, model: str) -> AsyncIterator[None]:
+async def active_model(nc: Client, client: httpx.AsyncClient, model: str) -> AsyncIterator[None]:
     """Switch the active model for a test; always switch back (the session's other tests need the default)."""
-    await set_active_model(nc, model)
+    await set_active_model(nc, client, model)
     try:
         yield
     finally:
-        await set_active_model(nc, DEFAULT_MODEL)
+        await set_active_model(nc, client, DEFAULT_MODEL)
 
 
 async def embedding(client: httpx.AsyncClient, image_id: str) -> tuple[str, np.ndarray]:
@@ -189,7 +184,7 @@ async def test_text_search_matches_brute_force_over_the_index(
     images = distinct_jpegs(10, seed=808) + [
         jpeg(photo(n), quality=88) for n in ("astronaut", "coffee", "rocket")
     ]
-    async with active_model(ops_nc, CLIP_IMAGE):
+    async with active_model(ops_nc, client, CLIP_IMAGE):
         ids = await upload_all(client, images, {"run": run})
         vectors: dict[str, np.ndarray] = {}
         for image_id in indexed_ids(settings, CLIP_IMAGE):  # everything the clip index holds, not only ours
@@ -413,16 +408,8 @@ async def test_a_queued_job_does_not_resurrect_a_deleted_image(
     finally:
         mesh.start_service("coordinator")
 
-    # wait until the coordinator has taken and acknowledged every queued job, this one included
-    js = ops_nc.jetstream()
-    deadline = time.monotonic() + 90
-    while True:
-        info = await js.consumer_info(settings.stream, settings.consumer)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            break
-        assert time.monotonic() < deadline, f"coordinator still has work: {info}"
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+    # the coordinator has taken and acknowledged every queued job, this one included: it acks a job last
+    await wait_consumer_idle(ops_nc, settings.stream, settings.consumer)
     assert (await client.get(f"/images/{image_id}")).status_code == 404
     assert redis_keys(settings, f"{p}:*{image_id}*") == []
     assert image_id not in indexed_ids(settings, DEFAULT_MODEL)

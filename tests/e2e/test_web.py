@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import wait_status
+from tests.helpers import upload, wait_status
 from tests.images import colour_shift, crop, flip, jpeg, photo
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ async def upload_neighbours(client: httpx.AsyncClient) -> list[str]:
         ("crop", jpeg(crop(original))),
         ("colour", jpeg(colour_shift(original))),
     ):
-        r = await client.post("/images/upload", files={"file": (f"chelsea-{name}.jpg", data, "image/jpeg")})
+        r = await upload(client, data, f"chelsea-{name}.jpg")
         assert r.status_code in (200, 202), r.text
         ids.append(r.json()["image_id"])
     await wait_status(client, ids, {"done"})

@@ -3,37 +3,30 @@ ports in a temporary folder, so a running `make run` stack never disturbs them (
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.conftest import test_settings
+from tests.helpers import running_stack
 
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """NATS (JetStream, nats.conf users), Redis with RediSearch, and the S3 store."""
-    settings = test_settings(tmp_path_factory.mktemp("servers"))
-    stack = Stack(settings, only=("nats", "redis", "s3"))
-    stack.launch_supervisord()
-    try:
-        stack.start(timeout_s=120)
+    with running_stack(
+        tmp_path_factory.mktemp("servers"), only=("nats", "redis", "s3"), export_models=False, timeout_s=120
+    ) as stack:
         yield stack
-    finally:
-        stack.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Stack) -> Stack:
+    """The folder's stack, for the shared fixtures of tests/conftest.py (``ops_nc``)."""
+    return servers
 
 
 @pytest.fixture(scope="session")
 def server_settings(servers: Stack) -> Settings:
     return servers.settings
-
-
-@pytest.fixture
-async def ops_nc(server_settings: Settings) -> AsyncIterator:
-    """A NATS connection as the `ops` user (all permissions)."""
-    nc = await connect_nats(server_settings, "ops")
-    yield nc
-    await nc.close()

@@ -31,7 +31,8 @@ from actors.preprocess import decode_image, to_pixels
 from actors.settings import Settings
 from ops.models.repository import ensure_models, manifest
 from ops.stack.supervisor import Stack
-from tests.conftest import free_port, test_settings
+from tests.conftest import free_port
+from tests.helpers import running_stack, test_settings
 
 EFFICIENTNET, CLIP_IMAGE, CLIP_TEXT = "efficientnet_lite0", "clip_image", "clip_text"
 TEXTS = ["a photo of a cat", "Two RED bicycles near the sea!", "astronaut", ""]
@@ -57,16 +58,14 @@ def _in_use(name: str) -> bool:
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Triton alone, over a repository exported for this module (efficientnet_lite0 + the test CLIP)."""
     data = tmp_path_factory.mktemp("models")
-    settings = test_settings(data, model_repository=data / "repo", models="efficientnet_lite0,clip")
-    assert sorted(ensure_models(settings)) == [CLIP_IMAGE, CLIP_TEXT, EFFICIENTNET]
+    models: dict[str, object] = {"model_repository": data / "repo", "models": "efficientnet_lite0,clip"}
+    assert sorted(ensure_models(test_settings(data, **models))) == [CLIP_IMAGE, CLIP_TEXT, EFFICIENTNET]
     shm_before = _shm()
-    stack = Stack(settings, only=("triton",))
-    stack.launch_supervisord()
     try:
-        stack.start(timeout_s=90)  # a model that fails to load keeps Triton "loading": never wait forever
-        yield stack
+        # a model that fails to load keeps Triton "loading": never wait forever
+        with running_stack(data, only=("triton",), export_models=False, timeout_s=90, **models) as stack:
+            yield stack
     finally:
-        stack.shutdown()
         # a Python-backend stub that died leaves its shared-memory region behind: remove only ours
         for name in _shm() - shm_before:
             if name.startswith("triton_python_backend") and not _in_use(name):
