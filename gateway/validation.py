@@ -23,6 +23,7 @@ from typing import Final
 from PIL import Image, ImageFile
 
 from actors.errors import PermanentError
+from actors.preprocess import frame_bytes
 from gateway import formats
 from gateway.formats import ALLOWED, ALLOWED_FORMATS, ALLOWED_LIST, OPEN_ALLOWED
 
@@ -31,6 +32,7 @@ __all__ = [
     "ImageInfo",
     "UploadError",
     "brief",
+    "decode_cost",
     "sha256_hex",
     "validate_image",
 ]
@@ -102,6 +104,33 @@ def validate_image(data: bytes | bytearray | memoryview, *, max_bytes: int, max_
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return _decode_allowed(data, max_pixels)
+
+
+def decode_cost(data: bytes | bytearray | memoryview, *, max_bytes: int, max_pixels: int) -> int:
+    """The bytes :func:`validate_image` will hold while it decodes ``data``, read from the header alone.
+
+    The first frame as Pillow stores it (``actors.preprocess.frame_bytes``), at 1/8 scale for a JPEG (draft
+    decoding). 0 for bytes that ``validate_image`` refuses before it decodes anything: empty, over
+    ``max_bytes``, no readable header of an allowed format, or more pixels than ``max_pixels`` declared.
+    Never raises for any bytes.
+    """
+    if not data or len(data) > max_bytes:
+        return 0
+    try:
+        im = Image.open(io.BytesIO(bytes(data)), formats=OPEN_ALLOWED)
+    except Exception:  # broad on purpose: any header Pillow cannot read is refused before decoding
+        return 0
+    try:
+        width, height = im.size
+        if width <= 0 or height <= 0 or width * height > max_pixels:
+            return 0
+        if im.format in ("JPEG", "MPO"):
+            im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))  # as _decode_allowed does
+        return frame_bytes(im.mode, im.size)
+    except Exception:  # broad on purpose, as above: a header Pillow chokes on is refused before decoding
+        return 0
+    finally:
+        im.close()
 
 
 def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:

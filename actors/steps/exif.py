@@ -57,6 +57,10 @@ def read_exif(data: bytes, *, keep_gps: bool = False) -> dict[str, MetadataValue
     """The EXIF fields this step records, from the original bytes (empty when there is no EXIF)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.format == "PNG" and "exif" not in img.info:
+                # Pillow's PNG getexif() decodes every pixel to reach an eXIf chunk after them: read it
+                # from the chunks instead (the decode budget only counts the one decode of the pipeline)
+                img.info["exif"] = png_exif(data)
             exif = img.getexif()
             sub = exif.get_ifd(ExifTags.IFD.Exif)
             gps = exif.get_ifd(ExifTags.IFD.GPSInfo) if keep_gps else {}
@@ -77,6 +81,20 @@ def read_exif(data: bytes, *, keep_gps: bool = False) -> dict[str, MetadataValue
             gps.get(ExifTags.GPS.GPSLongitude, ()), gps.get(ExifTags.GPS.GPSLongitudeRef)
         )
     return {k: v for k, v in found.items() if v is not None}
+
+
+def png_exif(data: bytes) -> bytes:
+    """The body of a PNG's eXIf chunk as Pillow keeps it (``Exif\\0\\0`` first), wherever the chunk is; empty
+    when there is none. Walks the chunk headers only: no pixel is decoded."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return b"Exif\x00\x00" + data[pos + 8 : pos + 8 + length]
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return b""
 
 
 class ExifStep:
