@@ -157,7 +157,7 @@ class Indexer:
 async def main(settings: Settings) -> None:
     """Run the indexer until SIGTERM; the index (the outer context) closes after the service has drained."""
     async with (
-        VectorIndex.from_settings(settings) as index,
+        VectorIndex.from_settings(settings, user="indexer") as index,
         ActorProcess(contract.INDEXER_SERVICE, settings, settings.indexer_http_port) as proc,
     ):
         indexer = Indexer(index)

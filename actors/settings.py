@@ -8,17 +8,63 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actors.decode_budget import DEFAULT_DECODE_BUDGET_BYTES
+
 LOCAL_SECRET_MARK = "local-"  # development credentials start with this; production refuses them
+
+# the credentials (each service's own, and the operators') that production refuses with their local values
+SECRET_FIELDS = (
+    *(f"nats_password_{user}" for user in ("gateway", "coordinator", "config", "indexer", "ops")),
+    *(f"redis_password{user}" for user in ("", "_gateway", "_coordinator", "_indexer")),
+    *(f"s3_{key}{who}" for who in ("", "_gateway", "_coordinator") for key in ("access_key", "secret_key")),
+)
+RedisUser = Literal["gateway", "coordinator", "indexer", "ops"]
+S3Identity = Literal["gateway", "coordinator", "ops"]
+API_SCOPES = frozenset({"read", "write", "admin"})  # each implies the ones before it: admin > write > read
+_IMPLIED = {"read": {"read"}, "write": {"read", "write"}, "admin": set(API_SCOPES)}
+
+
+def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
+    """``MESH_API_KEYS`` as ``{key: scopes}``: ``k1,k2:read,k3:read+write,k4:admin``. A bare key has every
+    scope (the format before scopes existed); ``admin`` implies ``write``, which implies ``read``.
+    ``ValueError`` on an unknown scope or a key given twice."""
+    keys: dict[str, frozenset[str]] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, scopes_text = item.rpartition(":") if ":" in item else (item, "", "")
+        scopes = frozenset(s.strip() for s in scopes_text.split("+") if s.strip()) if sep else API_SCOPES
+        if not key or not scopes or scopes - API_SCOPES:
+            # the message never quotes the entry: it holds a secret
+            raise ValueError(
+                f"MESH_API_KEYS: an entry has an empty key or scopes not among {sorted(API_SCOPES)}"
+            )
+        if key in keys:
+            raise ValueError("MESH_API_KEYS: a key is listed twice")
+        keys[key] = frozenset().union(*(_IMPLIED[scope] for scope in scopes))
+    return keys
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` with these credentials instead of any it has."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
 
 
 class Settings(BaseSettings):
     """All settings. Field ``x`` is read from ``MESH_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value (an API key, or every credential a model check was given) must
+    # not reach the start-up error and the logs
+    model_config = SettingsConfigDict(
+        env_prefix="MESH_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     profile: Literal["local", "production"] = "local"
     data_dir: Path = Path("var")
@@ -38,17 +84,26 @@ class Settings(BaseSettings):
 
     # --- Redis --------------------------------------------------------------------------------
     redis_port: int = Field(6379, ge=1, le=65535)
-    redis_user: str = "mesh"
+    redis_user: str = "mesh"  # the operators' ACL user (the CLI, the tests): every permission, no service's
     redis_password: str = "local-redis-pw"
-    redis_url: str | None = None  # defaults to redis://{user}:{password}@{host}:{redis_port}/0
+    # one ACL user per service, named after it, with only its keys and commands (ops/stack/privileges.py)
+    redis_password_gateway: str = "local-redis-gateway-pw"
+    redis_password_coordinator: str = "local-redis-coordinator-pw"
+    redis_password_indexer: str = "local-redis-indexer-pw"
+    redis_url: str | None = None  # defaults to redis://{host}:{redis_port}/0; see redis_url_for
 
     # --- S3 object store ----------------------------------------------------------------------
     s3_port: int = Field(8333, ge=1, le=65535)
     s3_endpoint: str | None = None  # defaults to http://{host}:{s3_port}
     s3_bucket: str = "images"
     s3_region: str = "us-east-1"
-    s3_access_key: str = "local-mesh-access"
+    s3_access_key: str = "local-mesh-access"  # the operators' S3 identity (the CLI, the tests, bootstrap)
     s3_secret_key: str = "local-mesh-secret"
+    # one S3 identity per service that uses the store (ops/stack/privileges.py)
+    s3_access_key_gateway: str = "local-gateway-access"
+    s3_secret_key_gateway: str = "local-gateway-secret"
+    s3_access_key_coordinator: str = "local-coordinator-access"
+    s3_secret_key_coordinator: str = "local-coordinator-secret"
     # SeaweedFS (`weed mini`) internal listeners, moved off their defaults so tests can run beside `make run`
     weed_port_base: int = Field(19300, ge=1024, le=65000)
 
@@ -80,9 +135,17 @@ class Settings(BaseSettings):
     default_model: str = "efficientnet_lite0"
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)
     max_pixels: int = Field(50_000_000, ge=1)
+    # not a seed: bytes of decoded pixels a gateway or coordinator holds at once (actors/decode_budget.py)
+    decode_budget_bytes: int = Field(DEFAULT_DECODE_BUDGET_BYTES, ge=1)
 
     # --- gateway ------------------------------------------------------------------------------
-    api_keys: str = ""  # comma-separated; empty means API keys are off
+    # comma-separated ``key`` (every scope) or ``key:scope+scope`` (read, write, admin); empty: keys are off
+    api_keys: str = ""
+    # each key's token bucket (per gateway process): requests per second and burst; 0 turns the limit off
+    api_rate_per_s: float = Field(20.0, ge=0)
+    api_rate_burst: int = Field(40, ge=1)
+    # production: /status, /metrics, /docs and /openapi.json answer only here, not on gateway_port
+    gateway_admin_port: int = Field(8081, ge=1, le=65535)
     content_presigned: bool = False  # GET /images/{id}/content redirects to a pre-signed URL
 
     @model_validator(mode="after")
@@ -91,20 +154,13 @@ class Settings(BaseSettings):
             return self
         problems = [
             f"MESH_{name.upper()} still has its local development value"
-            for name in (
-                "nats_password_gateway",
-                "nats_password_coordinator",
-                "nats_password_config",
-                "nats_password_indexer",
-                "nats_password_ops",
-                "redis_password",
-                "s3_access_key",
-                "s3_secret_key",
-            )
+            for name in SECRET_FIELDS
             if str(getattr(self, name)).startswith(LOCAL_SECRET_MARK)
         ]
         if not self.api_keys:
             problems.append("MESH_API_KEYS is empty: production needs API keys on the gateway")
+        if self.gateway_admin_port == self.gateway_port:
+            problems.append("MESH_GATEWAY_ADMIN_PORT equals MESH_GATEWAY_PORT: production splits them")
         if problems:
             raise ValueError("unsafe settings for MESH_PROFILE=production: " + "; ".join(problems))
         return self
@@ -116,8 +172,25 @@ class Settings(BaseSettings):
 
     @property
     def redis_server_url(self) -> str:
-        return self.redis_url or (
-            f"redis://{self.redis_user}:{self.redis_password}@{self.host}:{self.redis_port}/0"
+        """The operators' Redis URL (``redis_user``); services connect with ``redis_url_for(service)``."""
+        return self.redis_url_for("ops")
+
+    def redis_url_for(self, service: RedisUser) -> str:
+        """One ACL user's URL (``ops``: ``redis_user``) at ``MESH_REDIS_URL``'s address; only ``ops`` keeps the
+        credentials that URL may hold."""
+        url = self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+        if service == "ops":
+            return (
+                url if urlsplit(url).username else with_credentials(url, self.redis_user, self.redis_password)
+            )
+        return with_credentials(url, service, str(getattr(self, f"redis_password_{service}")))
+
+    def s3_credentials(self, identity: S3Identity) -> tuple[str, str]:
+        """Access key and secret of one S3 identity: ``gateway``, ``coordinator`` or ``ops`` (the operators')."""
+        if identity == "ops":
+            return self.s3_access_key, self.s3_secret_key
+        return str(getattr(self, f"s3_access_key_{identity}")), str(
+            getattr(self, f"s3_secret_key_{identity}")
         )
 
     @property
@@ -134,7 +207,17 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        return frozenset(self.api_key_scopes)
+
+    @property
+    def api_key_scopes(self) -> dict[str, frozenset[str]]:
+        """Each API key and its scopes (``MESH_API_KEYS``)."""
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def admin_port_split(self) -> bool:
+        """Whether /status, /metrics, /docs and /openapi.json move to ``gateway_admin_port`` (production)."""
+        return self.profile == "production"
 
     @property
     def run_dir(self) -> Path:
@@ -152,6 +235,12 @@ class Settings(BaseSettings):
     clip_checkpoint: str = ""
     # CLIP's Triton models are <prefix>_image and <prefix>_text
     clip_prefix: str = Field(default="clip", pattern=r"^[a-z][a-z0-9_]*$")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _valid_api_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
 
     @field_validator("models")
     @classmethod

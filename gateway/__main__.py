@@ -1,35 +1,51 @@
-"""``python -m gateway``: serve the REST API on ``MESH_HOST:MESH_GATEWAY_PORT``; SIGTERM drains, then exit 0."""
+"""``python -m gateway``: serve the REST API on ``MESH_HOST:MESH_GATEWAY_PORT`` (and, in production, /status,
+/metrics and the docs on ``MESH_GATEWAY_ADMIN_PORT``); SIGTERM drains, then exit 0."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Literal
 
 import uvicorn
+from fastapi import FastAPI
 
+from actors.decode_budget import release_freed_memory_promptly
 from actors.runtime import OwnSignalsServer, configure_logging
 from actors.settings import Settings
-from gateway.app import create_app
+from gateway.app import create_admin_app, create_app
 
 
 async def serve(settings: Settings) -> None:
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.gateway_port,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
-    server = OwnSignalsServer(config)  # we own the signals and only ask the server to finish
+    app = create_app(settings)
+    server = OwnSignalsServer(_config(app, settings.host, settings.gateway_port, "on"))  # we own the signals
+    servers = [server]
+
+    def stop() -> None:
+        for s in servers:
+            s.should_exit = True
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    await server.serve()
+        loop.add_signal_handler(sig, stop)
+    if settings.admin_port_split:  # production: /status, /metrics and the docs on their own port
+        admin_app = create_admin_app(app)  # no lifespan: the public app's builds and closes what both use
+        servers.append(
+            OwnSignalsServer(_config(admin_app, settings.host, settings.gateway_admin_port, "off"))
+        )
+    await asyncio.gather(*(s.serve() for s in servers))
+
+
+def _config(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, lifespan=lifespan
+    )
 
 
 def main() -> None:
     settings = Settings()
     configure_logging("gateway", settings.log_level)
+    release_freed_memory_promptly()  # decoded frames go back to the kernel (actors/decode_budget.py)
     asyncio.run(serve(settings))
 
 

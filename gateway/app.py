@@ -3,7 +3,8 @@
 This module only wires: ``create_app(settings)`` builds the adapters in a lifespan (``gateway.deps.Services``),
 installs the error handlers (``gateway.errors``) and middlewares, and includes the routers: ``images``
 (upload, read, similar, content, encode), ``search``, ``models``, ``health`` (health, readiness, mesh status,
-metrics) and ``web`` (the page). Nothing imports this module but the entry point (``gateway/__main__.py``).
+metrics) and ``web`` (the page). In the production profile ``create_admin_app`` serves status, metrics and the
+API docs on their own port instead. Nothing imports this module but the entry point (``gateway/__main__.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from nats.errors import Error as NatsError
 
 from actors.adapters.config_client import ConfigClient
@@ -24,9 +27,11 @@ from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
+from actors.decode_budget import DecodeBudget
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from gateway import health, images, metrics, models, search, web
+from gateway.auth import ApiKeys
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
 from gateway.forms import UploadGuard
@@ -39,12 +44,13 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await connect_nats(settings, "gateway")
-        store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
+        redis_url = settings.redis_url_for("gateway")  # its own ACL user (ops/stack/privileges.py)
+        store = WorkflowStore(redis_url, settings.redis_prefix)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
-        intents = UploadIntents(settings.redis_server_url, settings.redis_prefix)
+        intents = UploadIntents(redis_url, settings.redis_prefix)
         async with (
-            ObjectStore(settings) as objects,
-            VectorIndex.from_settings(settings) as vectors,
+            ObjectStore(settings, identity="gateway") as objects,
+            VectorIndex.from_settings(settings, user="gateway") as vectors,
             ConfigClient.from_settings(nc, settings) as config,  # follows the Config DB (a KV watch)
         ):
             app.state.services = Services(
@@ -59,9 +65,11 @@ def create_app(settings: Settings) -> FastAPI:
                 events=Events(nc),
                 intents=intents,
                 jobs=JobQueue(nc.jetstream()),
+                decode_budget=DecodeBudget(settings.decode_budget_bytes),
             )
             sweeper = asyncio.create_task(intents.run(store, objects), name="upload-intents")
-            log.info("gateway.started", port=settings.gateway_port)
+            admin_port = settings.gateway_admin_port if settings.admin_port_split else None
+            log.info("gateway.started", port=settings.gateway_port, admin_port=admin_port)
             yield
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -74,12 +82,17 @@ def create_app(settings: Settings) -> FastAPI:
         except (TimeoutError, NatsError, OSError) as e:  # shutting down: a failed drain only loses time
             log.info("gateway.drain_failed", error=f"{type(e).__name__}: {e}")
 
+    split = settings.admin_port_split  # production: /status, /metrics and the docs only on the admin port
     app = FastAPI(
         title="Image similarity mesh",
         version="0.1.0",
         description="Upload images; find similar ones. Embeddings by Triton, search by Redis, work by NATS.",
         lifespan=lifespan,
+        docs_url=None if split else "/docs",
+        redoc_url=None if split else "/redoc",
+        openapi_url=None if split else "/openapi.json",
     )
+    app.state.api_keys = ApiKeys.from_settings(settings)
     install_error_handlers(app)
     app.add_middleware(UploadGuard)
     metrics.install(app)
@@ -87,5 +100,28 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(search.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    if not split:
+        app.include_router(health.admin_router)
     app.include_router(web.router)
     return app
+
+
+def create_admin_app(public: FastAPI) -> FastAPI:
+    """What production serves on ``gateway_admin_port`` only: ``/status``, ``/metrics``, and the public API's
+    ``/docs`` and ``/openapi.json``. It shares the public app's state (the services its lifespan builds) and
+    runs no lifespan of its own."""
+    admin = FastAPI(title="Image similarity mesh (admin)", docs_url=None, redoc_url=None, openapi_url=None)
+    admin.state = public.state
+    install_error_handlers(admin)
+    admin.include_router(health.router)
+    admin.include_router(health.admin_router)
+
+    @admin.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(public.openapi())
+
+    @admin.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{public.title} - docs")
+
+    return admin

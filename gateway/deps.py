@@ -1,14 +1,15 @@
 """What the routes depend on: ``Services`` (the adapters, built once in the app's lifespan), the ``Svc``
-dependency that hands them to a route, and ``require_api_key``.
+dependency that hands them to a route, and the API-key checks: ``require_api_key`` (401, 429, read scope) and
+``require_scope`` (``WRITE``, ``ADMIN``: 403).
 
 Every router imports these from here, never from ``gateway.app`` (which imports the routers).
 """
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Request
 from nats.aio.client import Client
@@ -21,7 +22,9 @@ from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
+from actors.decode_budget import DecodeBudget
 from actors.settings import Settings
+from gateway.auth import ApiKeys
 from gateway.errors import ApiError
 from gateway.intents import UploadIntents
 
@@ -43,10 +46,13 @@ class Services:
     events: Events
     intents: UploadIntents
     jobs: JobQueue  # durable ProcessJobs on JetStream (new uploads, healing a pending record)
+    decode_budget: DecodeBudget  # bytes of decoded pixels held at once (gateway/intake.py)
 
 
 def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is None:  # the admin port (production) answers while the public app's lifespan still builds them
+        raise ApiError(503, "unavailable", "the gateway is starting", headers={"Retry-After": "1"})
     return svc
 
 
@@ -59,17 +65,55 @@ async def services_dependency(request: Request) -> Services:
 Svc = Annotated[Services, Depends(services_dependency)]
 
 
+def api_keys(request: Request) -> ApiKeys:
+    keys: ApiKeys = request.app.state.api_keys  # set by create_app, lifespan or not
+    return keys
+
+
 async def require_api_key(
     request: Request,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
-) -> None:
-    """401 unless the request carries one of ``MESH_API_KEYS`` (when API keys are on)."""
-    keys = services(request).settings.api_key_set
-    if not keys:
-        return
+) -> str | None:
+    """The caller's API key, which has at least the ``read`` scope; None when API keys are off.
+
+    401 unless the request carries one of ``MESH_API_KEYS``; then 429 (with ``Retry-After``) when the key is
+    over its rate (``gateway/auth.py``); then 403 unless it has ``read``. Every protected router depends on
+    this; a route that needs more adds ``require_scope``, which reuses this answer (FastAPI runs a dependency
+    once per request), so a request takes one token."""
+    keys = api_keys(request)
+    if not keys.enabled:
+        return None
     given = x_api_key or (
         authorization[7:] if authorization and authorization.startswith("Bearer ") else None
     )
-    if not given or not any(hmac.compare_digest(given, k) for k in keys):
+    key = keys.identify(given)
+    if key is None:
         raise ApiError(401, "unauthorized", "a valid API key is required (X-API-Key header)")
+    wait_s = keys.retry_after_s(key)
+    if wait_s:
+        raise ApiError(
+            429, "rate_limited", "this API key is over its request rate", headers={"Retry-After": str(wait_s)}
+        )
+    _check_scope(keys, key, "read")
+    return key
+
+
+def _check_scope(keys: ApiKeys, key: str, scope: str) -> None:
+    if not keys.allows(key, scope):
+        raise ApiError(403, "forbidden", f"this API key does not have the {scope!r} scope")
+
+
+def require_scope(scope: Literal["write", "admin"]) -> Callable[..., Awaitable[None]]:
+    """A dependency: 403 unless the caller's key has ``scope`` (after ``require_api_key``'s 401 and 429)."""
+
+    async def check(request: Request, key: Annotated[str | None, Depends(require_api_key)]) -> None:
+        if key is not None:
+            _check_scope(api_keys(request), key, scope)
+
+    check.__name__ = f"require_{scope}_scope"
+    return check
+
+
+WRITE = Depends(require_scope("write"))  # uploads, deletes, /encode
+ADMIN = Depends(require_scope("admin"))  # the model switch

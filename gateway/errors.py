@@ -44,12 +44,14 @@ class ErrorBody(BaseModel):
 
 _ERROR_TEXT = {
     400: "bad input (empty, missing field, not an image, broken image, bad parameter)",
-    401: "API keys are on and the request has no valid key",
+    401: "API keys are on and the request has no valid key (X-API-Key or Authorization: Bearer)",
+    403: "the API key lacks the scope this route needs (read, write or admin)",
     404: "no such image",
     409: "the image is not indexed yet",
     413: "over the byte or pixel limit",
     415: "a recognized image format that is not allowed",
     422: "malformed metadata",
+    429: "the API key is over its request rate; retry after Retry-After seconds",
     503: "a dependency is down; retry (see Retry-After)",
 }
 

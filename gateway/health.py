@@ -1,4 +1,7 @@
-"""Health (alive), readiness (can accept uploads), the whole mesh's status, and Prometheus metrics."""
+"""Health (alive), readiness (can accept uploads), the whole mesh's status, and Prometheus metrics.
+
+``router`` (health, readiness) is always on the public port; ``admin_router`` (status, metrics) too in the local
+profile, and only on the admin port in production (``gateway/app.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from actors.errors import MeshError
 from gateway.deps import Services, services
 
 router = APIRouter()
+admin_router = APIRouter()
 
 
 @router.get("/health")
@@ -58,6 +62,8 @@ async def _micro_services(svc: Services) -> dict[str, int]:
         with contextlib.suppress(asyncio.TimeoutError):
             async with asyncio.timeout(0.5):
                 async for msg in sub.messages:
+                    if not msg.data:  # no responders: NATS answers with an empty 503 status message
+                        continue
                     name = json.loads(msg.data).get("name", "?")
                     counts[name] = counts.get(name, 0) + 1
     finally:
@@ -65,7 +71,7 @@ async def _micro_services(svc: Services) -> dict[str, int]:
     return counts
 
 
-@router.get("/status")
+@admin_router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
     """The whole mesh: each server, each actor service, the active index and Triton's models."""
     svc = services(request)
@@ -101,6 +107,6 @@ def _builtins(x: Any) -> dict[str, Any]:
     return out
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@admin_router.get("/metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -142,7 +142,7 @@ def retry_delay(response: httpx.Response | None, attempt: int) -> float:
 
 # --- uploading --------------------------------------------------------------------------------------------
 async def upload_one(client: httpx.AsyncClient, path: Path, rel: str, sha: str, retries: int) -> Outcome:
-    """Upload one file; 503 and connection failures are retried (the gateway keeps nothing from them)."""
+    """Upload one file; 503, 429 and connection failures are retried (the gateway keeps nothing from them)."""
     data = await asyncio.to_thread(path.read_bytes)
     reason = ""
     for attempt in range(retries + 1):
@@ -159,9 +159,9 @@ async def upload_one(client: httpx.AsyncClient, path: Path, rel: str, sha: str, 
                 body = response.json()
                 outcome = "duplicate" if status == 200 else "accepted"
                 return Outcome(rel, outcome, image_id=body["image_id"], sha256=sha)
-            if status == 401:
+            if status in (401, 403):  # the API key (none, wrong, or without `write`), not the file
                 return Outcome(rel, "failed", sha256=sha, reason=refusal_reason(response))
-            if 400 <= status < 500:
+            if 400 <= status < 500 and status != 429:  # 429: the key is over its rate, tried again
                 return Outcome(rel, "refused", sha256=sha, reason=refusal_reason(response))
             reason = refusal_reason(response)
         if attempt < retries:

@@ -7,6 +7,10 @@ A thin adapter over aioboto3 (any S3; SeaweedFS locally). Connection failures an
 aioboto3's client pipeline (endpoint rules, event hooks, response parsing: about 1.6 ms of CPU a call):
 botocore's own SigV4 signer signs a plain request that one aiohttp session sends (about 0.55 ms; measured
 against SeaweedFS with 100 KB bodies). The rest (delete, head, pre-signed URLs) goes through aioboto3.
+
+Each service opens the store as its own S3 identity (``identity``: ``gateway``, ``coordinator``; ``ops`` is
+the operators'), which may touch only its prefixes (``ops/stack/privileges.py``): originals under
+``ORIGINALS_PREFIX``, derived objects (thumbnails and the like) under ``DERIVED_PREFIX``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt
 
 from actors.errors import RetryableError
-from actors.settings import Settings
+from actors.settings import S3Identity, Settings
 
 log = structlog.get_logger("object_store")
 
@@ -51,9 +55,15 @@ def _log_retry(state: RetryCallState) -> None:
         log.info("object_store.retry", method=error.method, key=error.key, problem=error.problem)
 
 
+ORIGINALS_PREFIX = "images/"  # the uploaded bytes (the gateway writes them)
+DERIVED_PREFIX = "derived/"  # what the pipeline makes from them (the coordinator writes them)
+# never an object: readiness GETs it, and "no such key" proves the store answers to this identity
+PROBE_KEY = f"{ORIGINALS_PREFIX}.probe"
+
+
 def object_key(image_id: str) -> str:
     """The object key of an image: derived from the service's own id only (never from a file name)."""
-    return f"images/{image_id[:2]}/{image_id}"
+    return f"{ORIGINALS_PREFIX}{image_id[:2]}/{image_id}"
 
 
 def _excerpt(body: bytes) -> str:
@@ -63,8 +73,10 @@ def _excerpt(body: bytes) -> str:
 class ObjectStore:
     """An S3 bucket, opened as an async context manager."""
 
-    def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: Settings, *, identity: S3Identity = "ops", timeout_s: float = 10.0) -> None:
         self._settings = settings
+        self.identity = identity
+        self._access_key, self._secret_key = settings.s3_credentials(identity)
         self.bucket = settings.s3_bucket
         self._session = aioboto3.Session()
         self._config = Config(
@@ -77,9 +89,7 @@ class ObjectStore:
         self._cm: Any = None
         self._client: Any = None
         # SigV4 for put/get: stateless between requests (each call dates and signs the request it is given)
-        self._signer = S3SigV4Auth(
-            Credentials(settings.s3_access_key, settings.s3_secret_key), "s3", settings.s3_region
-        )
+        self._signer = S3SigV4Auth(Credentials(self._access_key, self._secret_key), "s3", settings.s3_region)
         self._timeout = aiohttp.ClientTimeout(total=2 * timeout_s, connect=timeout_s, sock_read=timeout_s)
         self._http: aiohttp.ClientSession | None = None
 
@@ -88,8 +98,8 @@ class ObjectStore:
         self._cm = self._session.client(
             "s3",
             endpoint_url=s.s3_server_url,
-            aws_access_key_id=s.s3_access_key,
-            aws_secret_access_key=s.s3_secret_key,
+            aws_access_key_id=self._access_key,
+            aws_secret_access_key=self._secret_key,
             region_name=s.s3_region,
             config=self._config,
         )
@@ -159,6 +169,21 @@ class ObjectStore:
         except (BotoCoreError, ClientError, OSError) as e:
             raise RetryableError(f"object store delete failed: {e}") from e
 
+    async def list_page(self, prefix: str, token: str, max_keys: int) -> tuple[list[tuple[str, float]], str]:
+        """One page of the keys under ``prefix`` (``ListObjectsV2``), each with its last-modified time (Unix
+        seconds), and the continuation token of the next page ("" after the last): a bounded, resumable walk
+        of the bucket for the reconciler and ``mesh check``."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            resp = await self._client.list_objects_v2(**kwargs)
+        except (BotoCoreError, ClientError, OSError) as e:
+            raise RetryableError(f"object store list failed: {e}") from e
+        items = [(str(o["Key"]), o["LastModified"].timestamp()) for o in resp.get("Contents", [])]
+        nxt = str(resp.get("NextContinuationToken") or "") if resp.get("IsTruncated") else ""
+        return items, nxt
+
     async def exists(self, key: str) -> bool:
         try:
             await self._client.head_object(Bucket=self.bucket, Key=key)
@@ -177,9 +202,15 @@ class ObjectStore:
         return url
 
     async def ping(self) -> str | None:
-        """None when the bucket answers, else what is wrong (for readiness)."""
+        """None when the bucket answers this identity, else what is wrong (for readiness).
+
+        A GET of ``PROBE_KEY`` (never stored), not ``HEAD`` of the bucket: SeaweedFS wants ``Read`` on the whole
+        bucket for that, and a service may read only its prefixes. ``NoSuchKey`` is the healthy answer; a
+        missing bucket (``NoSuchBucket``) or a refused identity (403) is not."""
         try:
-            await self._client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError, OSError) as e:
-            return f"s3: {type(e).__name__}"
-        return None
+            status, body = await self._signed("GET", PROBE_KEY)
+        except ObjectStoreUnavailable as e:
+            return f"s3: {e.problem}"
+        if status == 200 or (status == 404 and b"NoSuchKey" in body):
+            return None
+        return f"s3: HTTP {status}: {_excerpt(body)[:120]}"

@@ -17,6 +17,7 @@ PORT_FIELDS = (
     "triton_grpc_port",
     "triton_metrics_port",
     "gateway_port",
+    "gateway_admin_port",
     "coordinator_http_port",
     "config_http_port",
     "indexer_http_port",

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from actors.settings import Settings
+from ops.stack.privileges import redis_user_argv, s3_identities
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -138,11 +139,12 @@ def redis_service(s: Settings) -> Service:
     ]
     for module in redis_modules():
         argv += ["--loadmodule", str(module)]
-    # ACL users: the mesh authenticates as its own user. The default user keeps all permissions behind a random
-    # password nobody is told (never `nopass`): Redis replays the AOF as the default user, and with `default off`
-    # every MULTI/EXEC in the AOF fails on restart (NOPERM), silently dropping acknowledged writes.
+    # ACL users: each service authenticates as its own user, with only its keys and commands; operators (the
+    # CLI, the tests) as `redis_user` (ops/stack/privileges.py). The default user keeps all permissions behind a
+    # random password nobody is told (never `nopass`): Redis replays the AOF as the default user, and with
+    # `default off` every MULTI/EXEC in the AOF fails on restart (NOPERM), silently dropping acknowledged writes.
     argv += ["--user", "default", "on", f">{secrets.token_hex(32)}", "~*", "&*", "+@all"]
-    argv += ["--user", s.redis_user, "on", f">{s.redis_password}", "~*", "&*", "+@all"]
+    argv += redis_user_argv(s)
     return Service("redis", argv, tier=0, probe=redis_probe(s))
 
 
@@ -166,15 +168,7 @@ def weed_ports(s: Settings) -> dict[str, int]:
 def s3_service(s: Settings) -> Service:
     data = (s.data_dir / "s3").resolve()
     data.mkdir(parents=True, exist_ok=True)
-    identities = {
-        "identities": [
-            {
-                "name": "mesh",
-                "credentials": [{"accessKey": s.s3_access_key, "secretKey": s.s3_secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
+    identities = s3_identities(s)  # one per service, and the operators' (ops/stack/privileges.py)
     config_file = s.data_dir.resolve() / "run" / "s3-identities.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(identities))
@@ -248,7 +242,11 @@ def actor_service(s: Settings, name: str, port: int, tier: int) -> Service:
 
 
 def gateway_service(s: Settings) -> Service:
-    argv = [sys.executable, "-m", "gateway"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+    ]  # production also listens on gateway_admin_port (/metrics, /docs)
     return Service("gateway", argv, tier=4, probe=http_probe(f"http://{s.host}:{s.gateway_port}/health"))
 
 

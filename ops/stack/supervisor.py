@@ -156,8 +156,10 @@ class Stack:
             self.wait_healthy(group, timeout_s)
             for svc in group:
                 log.info("stack.healthy", service=svc.name)
-            if any(svc.name == "nats" for svc in group):
-                bootstrap(self.settings)  # the streams every later process expects
+            # the streams every later process expects; the bucket policy (ops/stack/bootstrap.py)
+            servers = tuple(svc.name for svc in group if svc.name in ("nats", "s3"))
+            if servers:
+                bootstrap(self.settings, servers=servers)
 
     def start_service(self, name: str, timeout_s: float = 120) -> None:
         self.ctl("start", name)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +67,6 @@ async def connect_as(s: Settings, user: str, password: str | None = None, **kw: 
         connect_timeout=3,
         **kw,
     )
-
-
-@pytest.fixture
-async def ops_nc(chaos_settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect_as(chaos_settings, "ops")
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 async def assert_publish_denied(s: Settings, ops_nc: Client, user: str, subject: str) -> None:
@@ -317,6 +308,13 @@ LOCAL_SECRETS = (
     "MESH_NATS_PASSWORD_INDEXER",
     "MESH_NATS_PASSWORD_OPS",
     "MESH_REDIS_PASSWORD",
+    "MESH_REDIS_PASSWORD_GATEWAY",
+    "MESH_REDIS_PASSWORD_COORDINATOR",
+    "MESH_REDIS_PASSWORD_INDEXER",
+    "MESH_S3_ACCESS_KEY_GATEWAY",
+    "MESH_S3_SECRET_KEY_GATEWAY",
+    "MESH_S3_ACCESS_KEY_COORDINATOR",
+    "MESH_S3_SECRET_KEY_COORDINATOR",
     "MESH_S3_ACCESS_KEY",
     "MESH_S3_SECRET_KEY",
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
 from nats.aio.client import Client
 
 from actors import contract
@@ -31,6 +32,7 @@ from actors.contract import (
 from actors.errors import ServiceCallError
 from actors.rpc import ERROR_CODE_HEADER, call
 from actors.settings import Settings
+from ops.stack.privileges import redis_grant_commands
 from ops.stack.services import ROOT
 from ops.stack.supervisor import settings_env
 from tests.conftest import free_port
@@ -65,6 +67,9 @@ async def indexer(server_settings: Settings, ops_nc: Client, tmp_path: Path) -> 
     settings = server_settings.model_copy(
         update={"redis_prefix": f"t_actor_{os.getpid()}_{tmp_path.name}", "indexer_http_port": free_port()}
     )
+    with redis.Redis.from_url(settings.redis_server_url) as ops:  # the indexer's ACL user: this prefix too
+        for command in redis_grant_commands(settings):
+            ops.execute_command(*command)
     log = tmp_path / "indexer.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

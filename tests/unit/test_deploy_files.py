@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from actors.settings import Settings
+from ops.stack.privileges import S3_SERVICES, SERVICE_USERS, redis_acl_lines, s3_identities
+
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "ops" / "monitoring"
 COMPOSE_FILES = [ROOT / "compose.yaml", MONITORING / "compose.monitoring.yaml"]
@@ -24,6 +27,28 @@ APP_SERVICES = ("gateway", "coordinator", "config", "indexer")
 SERVERS = ("nats", "redis", "s3", "triton")
 # the ports each app process serves /health and /metrics on (actors/settings.py defaults)
 APP_PORTS = {"gateway": 8080, "coordinator": 8091, "config": 8092, "indexer": 8093}
+# where Prometheus scrapes /metrics: production serves the gateway's on its admin port only
+METRICS_PORTS = APP_PORTS | {"gateway": 8081}
+# each service's own Redis password and S3 keys (ops/stack/privileges.py); the others get none of them
+OWN_SECRETS = {
+    "gateway": ("MESH_REDIS_PASSWORD_GATEWAY", "MESH_S3_ACCESS_KEY_GATEWAY", "MESH_S3_SECRET_KEY_GATEWAY"),
+    "coordinator": (
+        "MESH_REDIS_PASSWORD_COORDINATOR",
+        "MESH_S3_ACCESS_KEY_COORDINATOR",
+        "MESH_S3_SECRET_KEY_COORDINATOR",
+    ),
+    "indexer": ("MESH_REDIS_PASSWORD_INDEXER",),
+    "config": (),
+}
+# compose.yaml's key prefix and bucket (the defaults)
+COMPOSE_NAMES = Settings(redis_prefix="mesh", s3_bucket="images")
+
+
+def required(name: str) -> str:
+    """How compose.yaml spells a variable .env must set."""
+    return f"${{{name}:?set {name} in .env}}"
+
+
 # images without a shell or HTTP client, watched by Prometheus `up` instead (said in the compose file)
 NO_HEALTHCHECK_POSSIBLE = {"nats-exporter"}
 
@@ -145,14 +170,22 @@ def test_app_services_are_configured_for_production(services: dict[str, dict[str
         assert env["MESH_NATS_URL"] == "nats://nats:4222"
         assert env["MESH_S3_ENDPOINT"] == "http://s3:8333"
         assert env["MESH_TRITON_URL"] == "triton:8001"
-        assert "@redis:6379" in env["MESH_REDIS_URL"]
         # its own NATS password comes from .env and must be set; nobody else's is handed to it
         own = env[f"MESH_NATS_PASSWORD_{name.upper()}"]
         assert re.fullmatch(rf"\$\{{MESH_NATS_PASSWORD_{name.upper()}:\?.*\}}", own), own
         others = [k for k, v in env.items() if k.startswith("MESH_NATS_PASSWORD_") and "${" in str(v)]
         assert others == [f"MESH_NATS_PASSWORD_{name.upper()}"], f"{name} holds {others}"
-        for secret in ("MESH_REDIS_PASSWORD", "MESH_S3_ACCESS_KEY", "MESH_S3_SECRET_KEY", "MESH_API_KEYS"):
+        assert re.fullmatch(r"\$\{MESH_API_KEYS:\?.*\}", env["MESH_API_KEYS"]), (
+            f"{name}: keys must be required"
+        )
+        # its own Redis user and S3 identity only; the operators' (`mesh`, MESH_S3_ACCESS_KEY) nobody's
+        held = sorted(
+            k for k, v in env.items() if k.startswith(("MESH_REDIS_PASSWORD", "MESH_S3_")) and "${" in str(v)
+        )
+        assert held == sorted(OWN_SECRETS[name]), f"{name} holds {held}"
+        for secret in held:
             assert re.fullmatch(rf"\$\{{{secret}:\?.*\}}", env[secret]), f"{name}: {secret} must be required"
+        assert env["MESH_REDIS_URL"] == "redis://redis:6379/0", "credentials come from each service's own"
         # healthcheck probes this process's own HTTP port
         probe = " ".join(services[name]["healthcheck"]["test"])
         assert f"127.0.0.1:{APP_PORTS[name]}/" in probe and "urllib" in probe
@@ -230,8 +263,25 @@ def test_redis_has_aof_and_acl_users_only(compose: dict[str, Any]) -> None:
     # the default user keeps a password (Redis replays the AOF as it) but is never `nopass`
     assert re.search(r"user default on >\$\{MESH_REDIS_ADMIN_PASSWORD:\?", acl) and "nopass" not in acl
     assert re.search(r"user mesh on >\$\{MESH_REDIS_PASSWORD:\?", acl)
+    # the service users are exactly the local stack's (one source: ops/stack/privileges.py)
+    password = {u: required(f"MESH_REDIS_PASSWORD_{u.upper()}") for u in SERVICE_USERS}
+    lines = [line.strip() for line in acl.splitlines() if line.strip().startswith("user ")]
+    assert lines[2:] == redis_acl_lines(COMPOSE_NAMES, password)
     test = " ".join(redis["healthcheck"]["test"])
     assert "--user mesh" in test and "REDISCLI_AUTH" in redis["environment"]
+
+
+def test_s3_has_one_identity_per_service_and_bootstrap_puts_the_bucket_policy(
+    compose: dict[str, Any],
+) -> None:
+    content = json.loads(compose["configs"]["s3-identities"]["content"])
+    keys = {"ops": (required("MESH_S3_ACCESS_KEY"), required("MESH_S3_SECRET_KEY"))} | {
+        n: (required(f"MESH_S3_ACCESS_KEY_{n.upper()}"), required(f"MESH_S3_SECRET_KEY_{n.upper()}"))
+        for n in S3_SERVICES
+    }
+    assert content == s3_identities(COMPOSE_NAMES, keys)  # the local stack's (ops/stack/privileges.py)
+    bootstrap = compose["services"]["bootstrap"]
+    assert "s3" in bootstrap["depends_on"] and "bootstrap(Settings())" in " ".join(bootstrap["command"])
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------------
@@ -267,7 +317,7 @@ def test_prometheus_scrapes_every_service() -> None:
         for dns in job.get("dns_sd_configs", []):
             found.update(f"{n}:{dns['port']}" for n in dns["names"])
         assert job.get("metrics_path", "/metrics") == "/metrics"
-    for name, port in APP_PORTS.items():
+    for name, port in METRICS_PORTS.items():
         assert f"{name}:{port}" in targets[name], f"{name} is not scraped on {port}"
     assert "triton:8002" in targets["triton"]
     assert any(t.startswith("nats-exporter:") for t in targets["nats"])
@@ -346,7 +396,16 @@ def test_app_environment_passes_the_production_settings_check(
         monkeypatch.setenv(key, interpolate(str(value), dotenv))
     s = Settings()  # raises if a production check fails
     assert s.profile == "production"
-    assert s.redis_server_url == "redis://mesh:mesh_redis_password-secret@redis:6379/0"
+    for redis_user in SERVICE_USERS:
+        if redis_user == name:
+            own = f"mesh_redis_password_{name}-secret"
+            assert s.redis_url_for(redis_user) == f"redis://{name}:{own}@redis:6379/0"
+    for identity in S3_SERVICES:
+        if identity == name:
+            keys = (f"mesh_s3_access_key_{name}-secret", f"mesh_s3_secret_key_{name}-secret")
+            assert s.s3_credentials(identity) == keys
+    if name == "bootstrap":  # puts the bucket policy as the operators' S3 identity
+        assert s.s3_credentials("ops") == ("mesh_s3_access_key-secret", "mesh_s3_secret_key-secret")
     assert s.nats_server_url == "nats://nats:4222"
     user = "ops" if name == "bootstrap" else name
     assert s.nats_password(user) == f"mesh_nats_password_{user}-secret"

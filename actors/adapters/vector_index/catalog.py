@@ -33,7 +33,7 @@ from actors.adapters.vector_index.names import (
 )
 from actors.contract import IndexStats
 from actors.errors import PermanentError, RetryableError
-from actors.settings import Settings
+from actors.settings import RedisUser, Settings
 
 log = structlog.get_logger("vector_index")
 
@@ -76,8 +76,9 @@ class IndexCatalog:
         self._loaded_at: dict[str, float] = {}  # model -> when its index was last seen fully indexed
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        return cls(settings.redis_server_url, settings.redis_prefix, **kwargs)
+    def from_settings(cls, settings: Settings, *, user: RedisUser = "ops", **kwargs: Any) -> Self:
+        """Connected as ``user``'s ACL user (a service passes its own name; ``ops`` is the operators')."""
+        return cls(settings.redis_url_for(user), settings.redis_prefix, **kwargs)
 
     async def __aenter__(self) -> Self:
         return self
