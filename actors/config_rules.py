@@ -74,6 +74,18 @@ def _next_model(v: str) -> str | None:
     return None if v == "" else _name(v)
 
 
+def _period(v: float) -> str | None:
+    if v == 0:  # the reconciler is off
+        return None
+    ok = math.isfinite(v) and 1.0 <= v <= 86_400.0
+    return None if ok else f"must be 0 (off) or 1..86400 seconds, got {v}"
+
+
+def _grace(v: float) -> str | None:
+    ok = math.isfinite(v) and 1.0 <= v <= 30 * 86_400.0
+    return None if ok else f"must be 1 second .. 30 days, got {v}"
+
+
 def _any(_: Any) -> str | None:
     return None
 
@@ -94,6 +106,8 @@ RULES: dict[str, Rule] = {
     "next_model": _next_model,
     "exif_keep_gps": _any,  # a bool: the type check is the whole rule
     "moderation_rules": rules_problem,
+    "reconcile_period_s": _period,
+    "reconcile_grace_s": _grace,
 }
 
 

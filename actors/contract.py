@@ -35,6 +35,7 @@ INDEX_GROUPS = "index.groups"  # near-duplicate groups of one model's index
 COORDINATOR_SERVICE = "coordinator"
 COORDINATOR_STATUS = "coordinator.status"
 COORDINATOR_REPROCESS = "coordinator.reprocess"
+COORDINATOR_RECONCILE = "coordinator.reconcile"  # one full reconcile pass on demand (``mesh reconcile``)
 MODELS_SWITCH = "models.switch"  # on the coordinator's service: its model switcher sets next_model
 
 # --- headers ----------------------------------------------------------------------------------------------
@@ -55,6 +56,16 @@ class Status(enum.StrEnum):
 
 
 TERMINAL = frozenset({Status.DONE, Status.ERROR})
+
+
+class Cause(enum.StrEnum):
+    """Why a history entry was written (its ``cause`` field, with ``attempt`` and, from a job, ``delivery``)."""
+
+    UPLOAD = "upload"  # the gateway's job for a new image (its first delivery)
+    RETRY = "retry"  # a job delivered again (delivery > 1)
+    RECONCILE = "reconcile"  # the reconciler's repair, or a job it published again
+    REPLAY = "replay"  # an operator's replay (``coordinator.reprocess``)
+    MODEL_SWITCH = "model_switch"  # a model switch's re-embed job
 
 
 def event_subject(status: Status | str) -> str:
@@ -85,6 +96,7 @@ class ProcessJob(Struct, kw_only=True):
     trace_id: str = ""
     attempt: int = 0  # bumped by a replay; part of the de-duplication id
     models: list[str] = []  # models to embed with; empty means the active model
+    cause: str = Cause.UPLOAD.value  # who published it (a ``Cause``); history entries carry it
 
 
 class DeadLetter(Struct, kw_only=True):
@@ -137,6 +149,8 @@ class MeshConfig(Struct, kw_only=True):
     exif_keep_gps: bool = False  # the exif step keeps GPS coordinates in the record (off: privacy)
     # rules of the moderation step, e.g. "min_side:32", "max_aspect_ratio:4", "flag:reject_metadata:k=v"
     moderation_rules: list[str] = []
+    reconcile_period_s: float = 60.0  # the reconciler's period (a bounded batch each); 0: off
+    reconcile_grace_s: float = 600.0  # what is younger than this is never repaired (work in flight)
 
 
 class ConfigGet(Struct, kw_only=True):
@@ -267,6 +281,18 @@ class ReprocessReply(Struct, kw_only=True):
     requeued: list[str]
 
 
+class ReconcileRequest(Struct, kw_only=True):
+    """Request on ``coordinator.reconcile``: one full pass now; ``grace_s`` overrides the config's grace."""
+
+    grace_s: float | None = None
+
+
+class ReconcileReply(Struct, kw_only=True):
+    repairs: dict[str, int]  # by kind (``mesh_reconcile_repairs_total``'s label)
+    scanned: dict[str, int]  # records, vectors, objects, intents looked at
+    seconds: float
+
+
 class ModelSwitchRequest(Struct, kw_only=True):
     """Request on ``models.switch``: make ``model`` the next model (``next_model``); the active model cancels
     a running switch. Whether Triton serves it is the caller's check (and the switcher's again)."""
@@ -305,6 +331,7 @@ class ImageRecord(Struct, kw_only=True):
     error: ErrorInfo | None = None
     trace_id: str = ""
     attempt: int = 0
+    job_seq: int = 0  # the stream sequence of the record's latest job (0: not known)
     history: list[dict[str, Any]] = []
 
 

@@ -3,10 +3,11 @@
 Its parts, one module each: the intake (``fetching``: the durable consumer, fetching only while there is
 room), the workflow (``workflow.Pipeline``, which knows nothing of JetStream), waiting out a dependency
 outage in place (``outage``), what becomes of a job after an attempt (``delivery.decide``: ack, nak with
-backoff, or give up to the dead letter) and the operators' replay (``reprocess``). This module wires them:
-per message it runs the pipeline through outages, sends in-progress acks while the job runs (so a slow step
-is not mistaken for a crash) and carries out the delivery decision. A crash (kill -9) mid-job acks nothing:
-JetStream redelivers after ``ack_wait``, and every step is idempotent.
+backoff, or give up to the dead letter), the operators' replay (``reprocess``) and the reconciler
+(``reconciler``: periodic bounded repairs, one replica at a time, and ``coordinator.reconcile``). This module
+wires them: per message it runs the pipeline through outages, sends in-progress acks while the job runs (so a
+slow step is not mistaken for a crash) and carries out the delivery decision. A crash (kill -9) mid-job acks
+nothing: JetStream redelivers after ``ack_wait``, and every step is idempotent.
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ from actors.contract import (
     DeadLetter,
     ModelSwitchRequest,
     ProcessJob,
+    ReconcileRequest,
     ReprocessRequest,
 )
+from actors.decode_budget import DecodeBudget, release_freed_memory_promptly
 from actors.delivery import Action, Decision, decide
 from actors.errors import MeshError
 from actors.fetching import NATS_ERRORS, Slots, ensure_consumer, fetch_jobs
 from actors.outage import OUTAGE_POLICY, OutagePolicy, through_outages
+from actors.reconciler import reconciler_for
+from actors.recorder import job_provenance, recording
 from actors.reprocess import Replay
 from actors.runtime import ActorProcess, typed
 from actors.settings import Settings
@@ -130,22 +135,27 @@ class Coordinator:
         delivered = msg.metadata.num_delivered
         cfg = await self.config.get()
         heartbeat = partial(_in_progress, msg)
-        async with _beating(heartbeat):
-            try:
-                attempt = partial(self.pipeline.process, job, heartbeat)
-                await through_outages(attempt, heartbeat=heartbeat, policy=self.outage, image_id=job.image_id)
-                error: Exception | None = None
-            except Exception as e:  # broad on purpose: the delivery policy decides, a bug included
-                error = e
-            decision = decide(
-                error,
-                delivered=delivered,
-                max_deliver=min(cfg.max_deliver, self.consumer_max_deliver),
-                backoff_s=cfg.backoff_s,
-            )
-            if decision.crashed:  # a bug: its traceback, then the policy's retry or dead letter
-                log.error("job.crashed", image_id=job.image_id, delivery=delivered, exc_info=error)
-            await self._carry_out(msg, job, decision, delivered)
+        # every history entry of this delivery says so: the job's cause and attempt, the delivery, the job's seq
+        why = job_provenance(job, delivered, msg.metadata.sequence.stream)
+        with recording(why):
+            async with _beating(heartbeat):
+                try:
+                    attempt = partial(self.pipeline.process, job, heartbeat)
+                    await through_outages(
+                        attempt, heartbeat=heartbeat, policy=self.outage, image_id=job.image_id
+                    )
+                    error: Exception | None = None
+                except Exception as e:  # broad on purpose: the delivery policy decides, a bug included
+                    error = e
+                decision = decide(
+                    error,
+                    delivered=delivered,
+                    max_deliver=min(cfg.max_deliver, self.consumer_max_deliver),
+                    backoff_s=cfg.backoff_s,
+                )
+                if decision.crashed:  # a bug: its traceback, then the policy's retry or dead letter
+                    log.error("job.crashed", image_id=job.image_id, delivery=delivered, exc_info=error)
+                await self._carry_out(msg, job, decision, delivered)
 
     async def _carry_out(self, msg: Msg, job: ProcessJob, decision: Decision, delivered: int) -> None:
         if decision.action is Action.ACK:
@@ -245,15 +255,18 @@ async def main(settings: Settings) -> None:
             ActorProcess("coordinator", settings, settings.coordinator_http_port)
         )
         config = await stack.enter_async_context(ConfigClient.from_settings(proc.nc, settings))  # a KV watch
-        store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
+        redis_url = settings.redis_url_for("coordinator")  # its own ACL user (ops/stack/privileges.py)
+        store = WorkflowStore(redis_url, settings.redis_prefix)
         stack.push_async_callback(store.close)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
         stack.push_async_callback(embedder.close)
-        vectors = VectorIndex.from_settings(settings)  # read-only here: which images the new index holds
+        vectors = VectorIndex.from_settings(
+            settings, user="coordinator"
+        )  # read-only here: which images the new index holds
         stack.push_async_callback(vectors.close)
-        switch_redis = aioredis.Redis.from_url(settings.redis_server_url, socket_timeout=5)
+        switch_redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
         stack.push_async_callback(switch_redis.aclose)
-        objects = await stack.enter_async_context(ObjectStore(settings))
+        objects = await stack.enter_async_context(ObjectStore(settings, identity="coordinator"))
         pipeline = Pipeline(
             store=store,
             events=Events(proc.nc),
@@ -261,11 +274,24 @@ async def main(settings: Settings) -> None:
             embedder=embedder,
             index=IndexClient(proc.nc),
             config=config,
+            decode_budget=DecodeBudget(settings.decode_budget_bytes),  # every decode of every job in flight
         )
+        release_freed_memory_promptly()  # so that the process's RSS follows the decode budget
         stack.callback(pipeline.close)
         js = proc.nc.jetstream()
         coordinator = Coordinator(settings, js, pipeline, config)
         replay = Replay(store, pipeline.recorder, JobQueue(js))
+        reconciler = reconciler_for(  # nothing stuck, nothing orphaned (actors/reconciler.py)
+            settings,
+            js=js,
+            redis=switch_redis,
+            config=config,
+            store=store,
+            recorder=pipeline.recorder,
+            vectors=vectors,
+            objects=objects,
+            index=IndexClient(proc.nc),
+        )
         switcher = model_switch.ModelSwitcher(
             prefix=settings.redis_prefix,
             redis=switch_redis,
@@ -281,6 +307,8 @@ async def main(settings: Settings) -> None:
             {
                 contract.COORDINATOR_STATUS: typed(coordinator.status, CoordinatorStatusRequest),
                 contract.COORDINATOR_REPROCESS: typed(replay.reprocess, ReprocessRequest),
+                # one full pass on demand (mesh reconcile)
+                contract.COORDINATOR_RECONCILE: typed(reconciler.reconcile, ReconcileRequest),
                 contract.MODELS_SWITCH: typed(switcher.request, ModelSwitchRequest),  # POST /models/switch
             },
         )
@@ -289,5 +317,6 @@ async def main(settings: Settings) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(coordinator.run(stop), name="coordinator")
             tg.create_task(switcher.run(stop), name="model-switch")  # actors/model_switch.py
+            tg.create_task(reconciler.run(stop), name="reconciler")  # actors/reconciler.py
             await proc.stopped()
             stop.set()

@@ -42,7 +42,7 @@ from actors.adapters.job_queue import JobQueue
 from actors.adapters.switch_progress import FINISHED, Progress, SwitchProgress, SwitchState, switch_target
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import MeshConfig, ModelSwitchReply, ModelSwitchRequest, Status
+from actors.contract import Cause, MeshConfig, ModelSwitchReply, ModelSwitchRequest, Status
 from actors.errors import MeshError, PermanentError, RetryableError, ServiceCallError
 
 log = structlog.get_logger("model_switch")
@@ -273,7 +273,7 @@ class ModelSwitcher:
         rec = await self.store.get(image_id)
         if rec is None:  # deleted meanwhile
             return
-        await self.jobs.publish_record(rec, models=[target], msg_id=msg_id)
+        await self.jobs.publish_record(rec, models=[target], msg_id=msg_id, cause=Cause.MODEL_SWITCH)
         self._published.add(msg_id)
 
     async def _swap(self, prog: Progress) -> None:

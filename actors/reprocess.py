@@ -13,9 +13,9 @@ from typing import Any, Protocol
 import structlog
 
 from actors.adapters.job_queue import JobQueue
-from actors.contract import ImageRecord, ReprocessReply, ReprocessRequest, Status
+from actors.contract import Cause, ImageRecord, ReprocessReply, ReprocessRequest, Status
 from actors.errors import RetryableError
-from actors.recorder import Recorder
+from actors.recorder import Provenance, Recorder
 
 log = structlog.get_logger("coordinator")
 
@@ -48,16 +48,20 @@ class Replay:
 
     async def _replay(self, rec: ImageRecord) -> None:
         attempt = rec.attempt + 1
+        why = Provenance(Cause.REPLAY, attempt)
         await self.recorder.update(rec.image_id, attempt=attempt)
         was_error = rec.status == Status.ERROR
         if was_error:
             # queued again: a client polling the image sees the replay at once, not the old error
-            await self.recorder.transition(rec.image_id, Status.PENDING, trace_id=rec.trace_id, error=None)
+            await self.recorder.transition(
+                rec.image_id, Status.PENDING, trace_id=rec.trace_id, why=why, error=None
+            )
         try:
-            await self.queue.publish_record(rec, attempt=attempt)
+            pub = await self.queue.publish_record(rec, attempt=attempt, cause=Cause.REPLAY)
         except RetryableError:
             if was_error:  # nothing was queued: the error stands, the operator can replay again
                 await self.recorder.transition(
-                    rec.image_id, Status.ERROR, trace_id=rec.trace_id, error=rec.error
+                    rec.image_id, Status.ERROR, trace_id=rec.trace_id, why=why, error=rec.error
                 )
             raise
+        await self.recorder.update(rec.image_id, job_seq=pub.seq)  # where the reconciler looks the job up

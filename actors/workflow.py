@@ -5,7 +5,8 @@ method as an activity. Every step is idempotent, so a redelivered job never make
 the record is keyed by image id, the vector by (model, image id).
 
 States, in order: pending (gateway) → processing → embedded → indexed → done, or error with a reason; every
-change goes through the ``Recorder`` (record, history, event, log). Between fetch/decode and embedding run
+change goes through the ``Recorder`` (record, history, event, log; each entry's cause, attempt and delivery
+are what the caller set with ``recorder.recording``: the coordinator, per delivery). Between fetch/decode and embedding run
 the config's ``pipeline_steps`` (``actors/steps``): they add metadata and index tags, write their own history
 notes (``{"step", "at", ...}``, no ``status``) or reject the image. During a model switch
 (``MeshConfig.next_model``) a new image is embedded and indexed under both models; a switch's re-embed job
@@ -21,10 +22,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
-from PIL import Image
 from prometheus_client import Counter
 
 from actors.contract import ErrorInfo, ImageRecord, MeshConfig, PreprocessSpec, ProcessJob, Status
+from actors.decode_budget import DecodeBudget
 from actors.errors import PermanentError
 from actors.imaging import STAGE_SECONDS, ImageWork, UndecodableImage, stage
 from actors.recorder import EventSink, Recorder, RecordStore
@@ -88,6 +89,7 @@ class Pipeline:
         index: VectorIndex,
         config: ConfigSource,
         cpu_workers: int | None = None,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self.store = store
         self.recorder = Recorder(store, events)
@@ -95,7 +97,7 @@ class Pipeline:
         self.embedder = embedder
         self.index = index
         self.config = config
-        self.images = ImageWork(cpu_workers)
+        self.images = ImageWork(cpu_workers, decode_budget)
 
     def close(self) -> None:
         self.images.close()
@@ -124,11 +126,9 @@ class Pipeline:
         await self._transition(job, Status.PROCESSING)
         data = await self._fetch(job)
         await beat()
-        # JPEG draft decoding (DCT scaling to the models' input size) halves the cost of preprocessing; the
-        # gateway's /encode and search decode the same way, so a vector does not depend on the path
-        img = await self.images.decode(data, await self._draft_target(models))
+        pixels = await self._pixels(data, models, cfg.max_pixels)
         tags = await self._run_steps(job, rec, cfg, data, beat)
-        dim = await self._index_new_image(job, models, img, tags, beat)
+        dim = await self._index_new_image(job, models, pixels, tags, beat)
         await self._transition(job, Status.INDEXED, model=models[0])
         await self._transition(job, Status.DONE, error=None)
 
@@ -152,15 +152,15 @@ class Pipeline:
         metadata = dict(rec.metadata)
         if not cfg.pipeline_steps:
             return metadata_tags(metadata)
-        async with stage("steps"):
-            full = await self.images.decode(data)  # steps see the image at its full size
+
+        async def note(step: str, detail: dict[str, Any]) -> None:
+            await self.recorder.note(job.image_id, step, **detail)
+
+        # steps see the image at its full size; its decode cost is held until they are done
+        async with stage("steps"), self.images.decoded(data, max_pixels=cfg.max_pixels) as full:
             ctx = StepContext(
                 image_id=job.image_id, data=data, image=full, record=rec, config=cfg, metadata=dict(metadata)
             )
-
-            async def note(step: str, detail: dict[str, Any]) -> None:
-                await self.recorder.note(job.image_id, step, **detail)
-
             added = await run_steps(cfg.pipeline_steps, ctx, note)
         if added.metadata:
             metadata.update(added.metadata)
@@ -169,20 +169,25 @@ class Pipeline:
         return metadata_tags(metadata) | added.tags
 
     async def _index_new_image(
-        self, job: ProcessJob, models: list[str], img: Image.Image, tags: dict[str, str], beat: Heartbeat
+        self,
+        job: ProcessJob,
+        models: list[str],
+        pixels: dict[str, np.ndarray],
+        tags: dict[str, str],
+        beat: Heartbeat,
     ) -> int:
         """Embed and index under the first model (the image's own), then under the others; returns the dim."""
         primary, *others = models
-        vector = await self._embed(job, primary, img, beat)
+        vector = await self._embed(job, primary, pixels[primary], beat)
         dim = int(vector.shape[-1])
         await self._transition(job, Status.EMBEDDED, model=primary, embedding_dim=dim)
         await self._upsert(job, primary, vector, tags, beat)
         for model in others:
-            await self._index_switch_model(job, model, img, tags, beat)
+            await self._index_switch_model(job, model, pixels[model], tags, beat)
         return dim
 
     async def _index_switch_model(
-        self, job: ProcessJob, model: str, img: Image.Image, tags: dict[str, str], beat: Heartbeat
+        self, job: ProcessJob, model: str, pixels: np.ndarray, tags: dict[str, str], beat: Heartbeat
     ) -> None:
         """The dual-model case: also index under the model a switch is building.
 
@@ -191,7 +196,7 @@ class Pipeline:
         its models explicitly needs every one of them, so there the error stands.
         """
         try:
-            vector = await self._embed(job, model, img, beat)
+            vector = await self._embed(job, model, pixels, beat)
         except PermanentError as e:
             if job.models:
                 raise
@@ -204,19 +209,26 @@ class Pipeline:
         """Add the vectors of ``job.models`` to a done image: no state change, no history entry."""
         started = time.perf_counter()
         data = await self._fetch(job)
-        img = await self.images.decode(data, await self._draft_target(job.models))
+        pixels = await self._pixels(data, job.models, (await self.config.get()).max_pixels)
         tags = metadata_tags(rec.metadata)  # the steps' fields are in the record's metadata already
         for model in job.models:
-            vector = await self._embed(job, model, img, beat)
+            vector = await self._embed(job, model, pixels[model], beat)
             await self._upsert(job, model, vector, tags, beat)
         OUTCOMES.labels("reembedded").inc()
         ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("image.reembedded", image_id=job.image_id, models=job.models, ms=ms)
         return "reembedded"
 
-    async def _draft_target(self, models: list[str]) -> int:
-        """The smallest decode size every model's preprocessing can still work from."""
-        return max([(await self.embedder.preprocess_spec(m)).resize for m in models])
+    async def _pixels(self, data: bytes, models: list[str], max_pixels: int) -> dict[str, np.ndarray]:
+        """Each model's pixels from one decode within the decode budget, the frame dropped before embedding.
+
+        JPEGs decode at the smallest size every model's preprocessing can still work from (DCT scaling halves
+        the cost); the gateway's /encode and search decode the same way, so a vector does not depend on the path.
+        """
+        specs = [await self.embedder.preprocess_spec(m) for m in models]
+        target = max(spec.resize for spec in specs)
+        arrays = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
+        return dict(zip(models, arrays, strict=True))
 
     async def _fetch(self, job: ProcessJob) -> bytes:
         async with stage("fetch"):
@@ -225,10 +237,8 @@ class Pipeline:
             raise ContentMismatch(f"object {job.object_key} does not hold the uploaded bytes")
         return data
 
-    async def _embed(self, job: ProcessJob, model: str, img: Image.Image, beat: Heartbeat) -> np.ndarray:
+    async def _embed(self, job: ProcessJob, model: str, pixels: np.ndarray, beat: Heartbeat) -> np.ndarray:
         """The image's vector under ``model``, kept in the Workflow DB (``?include=embedding``, search)."""
-        pixels = await self.images.pixels(img, await self.embedder.preprocess_spec(model))
-        await beat()
         async with stage("embed"):
             vector = await self.embedder.embed_image(model, pixels)
         await self.store.set_embedding(model, job.image_id, vector)

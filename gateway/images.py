@@ -8,19 +8,21 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from gateway import params
-from gateway.deps import Svc, require_api_key
+from gateway.deps import WRITE, Svc, require_api_key
 from gateway.errors import error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.metadata import parse_metadata
 from gateway.records import active_embedding, get_record, record_view
 from gateway.upload import accept_upload
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+# every route needs an API key with `read` (when keys are on); uploads and /encode need `write`
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=error_responses(401, 403, 429))
 
 
 @router.post(
     "/images/upload",
     status_code=202,
+    dependencies=[WRITE],
     responses={200: {"description": "identical bytes already uploaded"}, 400: {}, 413: {}, 415: {}, 422: {}},
 )
 async def upload(
@@ -36,7 +38,7 @@ async def upload(
     data = await read_limited(request, file, cfg.max_upload_bytes)
     # the raw bytes, kept by gateway.forms.UploadGuard: Starlette would decode non-UTF-8 as Latin-1 silently
     meta = parse_metadata(getattr(request.state, "raw_metadata", None) or metadata)
-    info = await validate(data, cfg)
+    info = await validate(svc, data, cfg)
     accepted = await accept_upload(
         data=data,
         info=info,
@@ -131,12 +133,12 @@ async def content(
     return Response(data, media_type=rec.content_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.post("/encode", responses=error_responses(400, 413, 415, 503))
+@router.post("/encode", responses=error_responses(400, 413, 415, 503), dependencies=[WRITE])
 async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
     """The embedding service: an image in, its vector out under the active model; nothing is stored."""
     cfg = await svc.config.get()
     data = await read_limited(request, file, cfg.max_upload_bytes)
-    await validate(data, cfg)
+    await validate(svc, data, cfg)
     vec = await embed_bytes(svc, cfg.active_model, data)
     return {
         "model": cfg.active_model,

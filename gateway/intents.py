@@ -7,7 +7,9 @@ the two would leave an object nothing refers to. So each gateway process
 - keeps a liveness key ``P:gateway:<instance>`` with a short TTL;
 - every few seconds sweeps the intents of instances whose liveness key expired: an object without a record is
   deleted, and the intent is dropped.
-A live gateway's in-flight uploads are never touched, however slow.
+A live gateway's in-flight uploads are never touched, however slow. The key names and the pure rules are
+shared with the coordinator's reconciler (``actors/adapters/upload_intents.py``), which settles the intents left
+when no gateway runs to sweep them, and intents whose upload finished but whose removal was lost.
 """
 
 from __future__ import annotations
@@ -15,31 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Container, Mapping
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.upload_intents import ALIVE_TTL_S, alive_key, dead_intents, image_id_of, intents_key
 from actors.adapters.workflow_store import WorkflowStore
 from actors.errors import RetryableError
 
 log = structlog.get_logger("gateway.intents")
 
-ALIVE_TTL_S = 6  # a dead gateway's uploads are settled this long after its last heartbeat
 SWEEP_EVERY_S = 2.0
-
-
-def dead_intents(intents: Mapping[str, str], me: str, alive: Container[str]) -> list[str]:
-    """The object keys of ``intents`` (``object_key -> instance``) left by dead gateways: neither this one
-    (``me``) nor one in ``alive``. A live gateway's intents are never returned, however old."""
-    return [key for key, owner in intents.items() if owner != me and owner not in alive]
-
-
-def image_id_of(object_key: str) -> str:
-    """The image id an object key was made for (``actors.adapters.object_store.object_key``)."""
-    return object_key.rsplit("/", 1)[-1]
+__all__ = ["ALIVE_TTL_S", "SWEEP_EVERY_S", "UploadIntents", "dead_intents", "image_id_of"]
 
 
 class UploadIntents:
@@ -50,8 +41,8 @@ class UploadIntents:
         self._redis: aioredis.Redis = redis or aioredis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=3
         )
-        self._hash = f"{prefix}:upload_intents"
-        self._alive = f"{prefix}:gateway:"
+        self._hash = intents_key(prefix)
+        self._alive = alive_key(prefix, "")
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -28,10 +28,13 @@ from actors.contract import ModelSwitchReply, ModelSwitchRequest
 from actors.errors import MeshError, PermanentError, RetryableError
 from actors.rpc import call
 from actors.settings import Settings
-from gateway.deps import Services, Svc, require_api_key
-from gateway.errors import ApiError
+from gateway.deps import ADMIN, Services, Svc, require_api_key
+from gateway.errors import ApiError, error_responses
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
+# every route needs an API key with `read` (when keys are on); the switch needs `admin`
+router = APIRouter(
+    dependencies=[Depends(require_api_key)], tags=["models"], responses=error_responses(401, 403, 429)
+)
 
 # Triton reports per-model counters for every model it loaded, used or not
 _METRIC_MODEL = re.compile(r'^nv_inference_count\{[^}]*model="([^"]+)"', re.MULTILINE)
@@ -98,7 +101,8 @@ async def list_models(svc: Svc) -> dict[str, Any]:
     found = await asyncio.gather(*(describe(svc, n) for n in sorted(names)))
     models = [m | {"active": m["name"] == cfg.active_model} for m in found if m is not None]
     # a short-lived client: these routes are for operators, not the hot path (an outage: RetryableError, 503)
-    async with SwitchProgress.from_url(svc.settings.redis_server_url, svc.settings.redis_prefix) as store:
+    url = svc.settings.redis_url_for("gateway")
+    async with SwitchProgress.from_url(url, svc.settings.redis_prefix) as store:
         progress = await store.read(target)
     return {
         "active": cfg.active_model,
@@ -113,6 +117,7 @@ async def list_models(svc: Svc) -> dict[str, Any]:
 @router.post(
     "/models/switch",
     status_code=202,
+    dependencies=[ADMIN],
     responses={
         200: {"description": "the model is already active and no switch is running: nothing to do"},
         400: {"description": "Triton does not serve this model, or it is not an image model"},

@@ -24,10 +24,12 @@ async def get_record(svc: Services, image_id: str) -> ImageRecord:
 
 
 def record_view(rec: ImageRecord) -> dict[str, Any]:
-    """The record as the API shows it: without the object key and the replay attempt (internal)."""
+    """The record as the API shows it: without the object key, the replay attempt and the job's stream
+    sequence (internal)."""
     body: dict[str, Any] = msgspec.to_builtins(rec)
     body.pop("object_key", None)
     body.pop("attempt", None)
+    body.pop("job_seq", None)
     return body
 
 

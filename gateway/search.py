@@ -20,12 +20,15 @@ from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, Mod
 from actors.contract import Hit, ImageEvent, Status
 from actors.errors import ServiceCallError
 from gateway import params
-from gateway.deps import Svc, require_api_key
-from gateway.errors import ApiError
+from gateway.deps import WRITE, Svc, require_api_key
+from gateway.errors import ApiError, error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.records import active_embedding, get_record
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
+# every route needs an API key with `read` (when keys are on); DELETE needs `write`
+router = APIRouter(
+    dependencies=[Depends(require_api_key)], tags=["search"], responses=error_responses(401, 403, 429)
+)
 
 IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
 MAX_QUERY_CHARS = 1000
@@ -117,7 +120,7 @@ async def search_image(
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
     data = await read_limited(request, file, cfg.max_upload_bytes)
-    await validate(data, cfg)
+    await validate(svc, data, cfg)
     model = cfg.active_model
     with embedding_errors(model):
         vec = await embed_bytes(svc, model, data)
@@ -197,6 +200,7 @@ async def duplicate_groups(
 @router.delete(
     "/images/{image_id}",
     status_code=204,
+    dependencies=[WRITE],
     response_class=Response,
     responses={
         204: {"description": "deleted everywhere"},

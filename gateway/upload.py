@@ -9,7 +9,8 @@ The order, and why:
 4. Create the ``pending`` record and claim the sha256, atomically (a concurrent upload of the same bytes loses
    the claim, removes its object and answers ``duplicate``).
 5. Publish the job (``actors/adapters/job_queue.py``) and wait for JetStream's ack. If that fails, undo 4 and
-   3, so a retry of the same bytes is not mistaken for a duplicate, and answer 503.
+   3, so a retry of the same bytes is not mistaken for a duplicate, and answer 503. The ack's stream sequence
+   goes into the record (``job_seq``: the reconciler and ``mesh check`` find the job by it).
 So an accepted upload (2xx) always has its object and its durable job, and no job exists without its object.
 """
 
@@ -108,13 +109,14 @@ async def accept_upload(
         raise RetryableError("concurrent upload of the same bytes did not finish; retry")
 
     try:
-        await jobs.publish(job_for(rec))
+        pub = await jobs.publish(job_for(rec))
     except RetryableError:
         log_.warning("upload.rolled_back", reason="job not stored")
         with contextlib.suppress(RetryableError):
             await store.delete(image_id, sha)
         await _forget_object(objects, rec.object_key)
         raise
+    await _note_job_seq(store, image_id, pub.seq)
     await events.publish(ImageEvent(image_id=image_id, status=Status.PENDING, at=now, trace_id=trace_id))
     log_.info("upload.accepted", size_bytes=len(data), content_type=info.content_type)
     return Accepted(image_id=image_id, status=Status.PENDING, sha256=sha, duplicate=False)
@@ -129,8 +131,20 @@ async def _existing(store: WorkflowStore, jobs: JobQueue, sha: str) -> Accepted 
         return None
     if rec.status == Status.PENDING:
         # heals a gateway crash between the record and the publish; a no-op when the job is stored
-        await jobs.publish(job_for(rec))
+        pub = await jobs.publish(job_for(rec))
+        if pub.seq != rec.job_seq:
+            await _note_job_seq(store, rec.image_id, pub.seq)
     return Accepted(image_id=rec.image_id, status=rec.status, sha256=sha, duplicate=True)
+
+
+async def _note_job_seq(store: WorkflowStore, image_id: str, seq: int) -> None:
+    """Keep the job's stream sequence in the record. The upload stands without it (the job is stored): the
+    reconciler, finding the record pending without it, publishes the job again under the same de-duplication
+    id, and JetStream's answer gives it the sequence."""
+    try:
+        await store.update(image_id, job_seq=seq)
+    except RetryableError as e:
+        log.warning("upload.job_seq_not_recorded", image_id=image_id, error=str(e))
 
 
 async def _forget_object(objects: ObjectStore, key: str) -> None:

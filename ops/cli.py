@@ -5,10 +5,13 @@
     mesh similar ID|FILE       the most similar stored images (a FILE is searched without being stored)
     mesh events                image events as JSON lines, live (or --since TIME from the IMAGE_EVENTS stream)
     mesh replay ...            run dead-lettered or errored images again (see ``mesh replay -h``)
+    mesh reconcile             one full reconcile pass now: repair what is stuck or orphaned, by kind
+    mesh check                 an invariant report (read only); exit 1 if anything is stuck or orphaned
 
 HTTP commands talk to the gateway (``--url``, default ``http://$MESH_HOST:$MESH_GATEWAY_PORT``; API key from
-``--api-key`` or ``MESH_API_KEY``). ``events`` and ``replay`` connect to NATS as the ``ops`` user with the
-``MESH_*`` settings (``MESH_NATS_URL`` or ``MESH_HOST``/``MESH_NATS_PORT``, ``MESH_NATS_PASSWORD_OPS``).
+``--api-key`` or ``MESH_API_KEY``). ``events``, ``replay``, ``reconcile`` and ``check`` connect to NATS as the
+``ops`` user with the ``MESH_*`` settings (``MESH_NATS_URL`` or ``MESH_HOST``/``MESH_NATS_PORT``,
+``MESH_NATS_PASSWORD_OPS``); ``check`` also reads Redis and S3 with the operators' credentials.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ EXIT_PARTIAL = 1  # some files refused or failed; an image ended in error; a rep
 EXIT_USAGE = 2  # bad arguments or settings
 EXIT_NOT_FOUND = 3  # no such image (404), or the gateway lacks the endpoint
 EXIT_UNAVAILABLE = 4  # the gateway / NATS / a service does not answer (connection error, 5xx, timeout)
-EXIT_UNAUTHORIZED = 5  # 401: missing or wrong API key
+EXIT_UNAUTHORIZED = 5  # 401: missing or wrong API key; 403: a key without the scope
 EXIT_CONFLICT = 6  # 409: the image is not indexed yet
 EXIT_CODES = (
     f"exit codes: {EXIT_OK} ok, {EXIT_PARTIAL} partly failed (refused/failed files, image in error),\n"
@@ -62,13 +65,13 @@ def default_url(env: Mapping[str, str] = os.environ) -> str:
 
 def exit_code_for(status: int) -> int:
     """The exit code for an HTTP error status from the gateway."""
-    if status == 401:
+    if status in (401, 403):  # no valid key, or one without the scope
         return EXIT_UNAUTHORIZED
     if status == 404:
         return EXIT_NOT_FOUND
     if status == 409:
         return EXIT_CONFLICT
-    if status >= 500:
+    if status >= 500 or status == 429:  # 429: the key is over its rate for now
         return EXIT_UNAVAILABLE
     return EXIT_PARTIAL
 
@@ -145,7 +148,7 @@ async def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         for line in ingest.summary_lines(summary):
             print(line)
-    if any(r.reason and r.reason.startswith("unauthorized") for r in summary.results):
+    if any(r.reason and r.reason.startswith(("unauthorized", "forbidden")) for r in summary.results):
         return EXIT_UNAUTHORIZED
     if summary.results and all(r.outcome == "failed" for r in summary.results):
         return EXIT_UNAVAILABLE
@@ -284,6 +287,35 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         await nc.close()
 
 
+async def cmd_reconcile(args: argparse.Namespace) -> int:
+    from ops import reconcile, replay
+
+    settings = nats_settings()
+    nc = await _connect_ops(settings, "mesh-reconcile", replay.connect_ops)
+    try:
+        return await reconcile.run(args, nc)
+    finally:
+        await nc.close()
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    from ops import check, replay
+
+    settings = nats_settings()
+    nc = await _connect_ops(settings, "mesh-check", replay.connect_ops)
+    try:
+        return await check.run(args, settings, nc)
+    finally:
+        await nc.close()
+
+
+async def _connect_ops(settings: Any, name: str, connect: Any) -> Any:
+    try:
+        return await asyncio.wait_for(connect(settings, name), timeout=15)
+    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
+        raise CliError(f"cannot connect to NATS at {settings.nats_server_url}: {e}", EXIT_UNAVAILABLE) from e
+
+
 # --- parser -----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from ops import replay
@@ -331,6 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.formatter_class = argparse.RawDescriptionHelpFormatter
     replay.add_arguments(s)
     s.set_defaults(func=cmd_replay)
+
+    from ops import check, reconcile
+
+    s = sub.add_parser("reconcile", help="one full reconcile pass now", description=reconcile.__doc__)
+    s.formatter_class = argparse.RawDescriptionHelpFormatter
+    reconcile.add_arguments(s)
+    s.set_defaults(func=cmd_reconcile)
+
+    s = sub.add_parser(
+        "check", help="invariant report: anything stuck or orphaned?", description=check.__doc__
+    )
+    s.formatter_class = argparse.RawDescriptionHelpFormatter
+    check.add_arguments(s)
+    s.set_defaults(func=cmd_check)
     return p
 
 

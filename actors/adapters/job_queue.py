@@ -4,23 +4,33 @@ de-duplication id (``Nats-Msg-Id``) and acknowledged before the caller goes on.
 Every publisher of work uses this one adapter: the gateway (a new upload, or healing a pending record), the
 coordinator's replay, and the model switch's background re-embeds. A publish that JetStream did not acknowledge
 raises ``RetryableError``: the job was not stored, whatever the reason, and the caller decides what to undo.
+A publish returns where JetStream stored the job (``Published``): its stream sequence, kept in the record as
+``job_seq`` (the reconciler and ``mesh check`` look the job up by it), and whether it was a dropped repeat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
 from actors import contract
-from actors.contract import ImageRecord, ProcessJob
+from actors.contract import Cause, ImageRecord, ProcessJob
 from actors.errors import RetryableError
 
 PUBLISH_TIMEOUT_S = 5.0
 
 
-def job_for(rec: ImageRecord, *, attempt: int | None = None, models: Sequence[str] = ()) -> ProcessJob:
-    """The job that processes this record; ``attempt`` above the record's is a replay, ``models`` a re-embed."""
+def job_for(
+    rec: ImageRecord,
+    *,
+    attempt: int | None = None,
+    models: Sequence[str] = (),
+    cause: Cause = Cause.UPLOAD,
+) -> ProcessJob:
+    """The job that processes this record; ``attempt`` above the record's is a replay, ``models`` a re-embed;
+    ``cause`` says who publishes it (the history entries of its processing carry it)."""
     return ProcessJob(
         image_id=rec.image_id,
         object_key=rec.object_key,
@@ -28,7 +38,18 @@ def job_for(rec: ImageRecord, *, attempt: int | None = None, models: Sequence[st
         trace_id=rec.trace_id,
         attempt=rec.attempt if attempt is None else attempt,
         models=list(models),
+        cause=cause.value,
     )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A job JetStream acknowledged: its stream sequence, and ``duplicate`` when JetStream dropped it as a
+    repeat of a job it already holds under the same ``Nats-Msg-Id`` (``seq`` is then that job's)."""
+
+    job: ProcessJob
+    seq: int
+    duplicate: bool = False
 
 
 class JobQueue:
@@ -37,7 +58,7 @@ class JobQueue:
     def __init__(self, js: JetStreamContext, *, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self.js, self.timeout_s = js, timeout_s
 
-    async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> None:
+    async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> Published:
         """Store ``job`` durably. ``msg_id`` defaults to one per (image, attempt), so a repeated publish of the
         same job inside the stream's duplicate window is dropped by JetStream, not processed twice."""
         headers = {
@@ -45,11 +66,12 @@ class JobQueue:
             contract.TRACE_HEADER: job.trace_id,
         }
         try:
-            await self.js.publish(
+            ack = await self.js.publish(
                 contract.JOBS_SUBJECT, contract.encode(job), timeout=self.timeout_s, headers=headers
             )
         except Exception as e:  # broad on purpose: no acknowledgement means not stored, whatever the reason
             raise RetryableError(f"job queue unavailable: {type(e).__name__}: {e}") from e
+        return Published(job=job, seq=int(ack.seq), duplicate=bool(ack.duplicate))
 
     async def publish_record(
         self,
@@ -58,8 +80,7 @@ class JobQueue:
         attempt: int | None = None,
         models: Sequence[str] = (),
         msg_id: str | None = None,
-    ) -> ProcessJob:
-        """Build the record's job (see ``job_for``), publish it, return it."""
-        job = job_for(rec, attempt=attempt, models=models)
-        await self.publish(job, msg_id=msg_id)
-        return job
+        cause: Cause = Cause.UPLOAD,
+    ) -> Published:
+        """Build the record's job (see ``job_for``) and publish it."""
+        return await self.publish(job_for(rec, attempt=attempt, models=models, cause=cause), msg_id=msg_id)

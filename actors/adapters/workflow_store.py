@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from actors.adapters.redis_errors import redis_errors
-from actors.contract import ImageRecord, Status
+from actors.contract import Cause, ImageRecord, Status
 
 # Claim the sha and write the record in one step, so two concurrent uploads of the same bytes make one record.
 _CREATE = """
@@ -34,7 +35,7 @@ return false
 """
 
 _JSON_FIELDS = ("metadata", "error")
-_INT_FIELDS = ("size_bytes", "width", "height", "embedding_dim", "attempt")
+_INT_FIELDS = ("size_bytes", "width", "height", "embedding_dim", "attempt", "job_seq")
 _FLOAT_FIELDS = ("created_at", "updated_at")
 _OPTIONAL_TEXT_FIELDS = ("model",)  # stored as "" when None
 
@@ -117,7 +118,14 @@ class WorkflowStore:
         fields = _dump(msgspec.structs.asdict(rec) | {"history": None})
         fields.pop("history")
         flat = [x for kv in fields.items() for x in kv]
-        entry = json.dumps({"status": rec.status.value, "at": rec.created_at})
+        entry = json.dumps(
+            {
+                "status": rec.status.value,
+                "at": rec.created_at,
+                "cause": Cause.UPLOAD.value,
+                "attempt": rec.attempt,
+            }
+        )
         keys = [self._sha_key(rec.sha256), self._key(rec.image_id), self._key(rec.image_id) + ":history"]
         with _store_errors("create"):
             owner = await self._create(
@@ -142,12 +150,17 @@ class WorkflowStore:
         fields["history"] = [json.loads(h) for h in history]
         return msgspec.convert(fields, ImageRecord, strict=False)
 
-    async def transition(self, image_id: str, status: Status, **fields: Any) -> float:
-        """Move a record to ``status`` (with extra fields) and append to its history; returns the time."""
+    async def transition(
+        self, image_id: str, status: Status, *, provenance: Mapping[str, Any] | None = None, **fields: Any
+    ) -> float:
+        """Move a record to ``status`` (with extra fields) and append to its history; returns the time.
+
+        ``provenance`` (``cause``, ``attempt``, ``delivery``, ``job_seq``) goes into the history entry only."""
         at = time.time()
         entry: dict[str, Any] = {"status": status.value, "at": at}
         if fields.get("error") is not None:
             entry["error"] = msgspec.to_builtins(fields["error"])
+        entry.update(provenance or {})
         return await self._write(image_id, {"status": status, "updated_at": at, **fields}, entry)
 
     async def note(self, image_id: str, step: str, **detail: Any) -> float:
@@ -198,6 +211,25 @@ class WorkflowStore:
             if sha256 and await self.owner_of(sha256) == image_id:
                 keys.append(self._sha_key(sha256))
             await self._redis.delete(*keys)
+
+    async def scan_ids(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One ``SCAN`` step over the records: the next cursor (0: the scan is complete) and the ids found.
+        A bounded, resumable walk for the reconciler; an id may come twice in one walk (SCAN's guarantee)."""
+        with _store_errors("scan_ids"):
+            nxt, keys = await self._redis.scan(cursor, match=f"{self._p}:image:*", count=count, _type="hash")
+        return int(nxt), [_text(k).rsplit(":", 1)[1] for k in keys]
+
+    async def existing(self, image_ids: Iterable[str]) -> set[str]:
+        """Which of these images have a record (one pipelined round trip)."""
+        ids = list(image_ids)
+        if not ids:
+            return set()
+        with _store_errors("existing"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for image_id in ids:
+                    pipe.exists(self._key(image_id))
+                found = await pipe.execute()
+        return {i for i, n in zip(ids, found, strict=True) if n}
 
     async def ids_in_status(self, status: Status, limit: int = 10_000) -> list[str]:
         """Image ids whose record is in ``status`` (a scan: for operators' replay, not a hot path)."""

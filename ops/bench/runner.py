@@ -79,6 +79,8 @@ class Runner:
 
     async def run(self) -> Results:
         p = self.plan
+        # the benchmarks plant vectors without records and switch models at will: no reconciler behind them
+        await self.bench.set_config("reconcile_period_s", 0)
         for name in (self.clip, self.default):
             self.models[name] = await ingest.model_files(self.bench, self.repository, name)
         n_img = max(p.ingest_clip_n, p.ingest_default_n, p.profile_n if p.profile else 0)
@@ -132,7 +134,7 @@ class Runner:
 
     # --- 6. models: fp32 vs int8, preprocessing per core ----------------------------------------------
     async def in_process(self) -> None:
-        from tests.images import PHOTOS, sibling_set
+        from ops.photos import PHOTOS, sibling_set
 
         p = self.plan
         imgs = self.camera[: p.preprocess_n]

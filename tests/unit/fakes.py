@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from actors.adapters.job_queue import Published
 from actors.contract import ImageEvent, ImageRecord, ProcessJob
 from actors.errors import RetryableError
 
@@ -52,6 +55,10 @@ class FakeWorkflowStore:
     async def get(self, image_id: str) -> ImageRecord | None:
         return self.records.get(image_id)
 
+    async def update(self, image_id: str, **fields: Any) -> None:
+        if image_id in self.records:
+            self.records[image_id] = msgspec.structs.replace(self.records[image_id], **fields)
+
     async def delete(self, image_id: str, sha256: str | None = None) -> None:
         if self.fail_delete:
             raise down("workflow store")
@@ -91,10 +98,11 @@ class FakeJobQueue:
     published: list[ProcessJob] = field(default_factory=list)
     fail: bool = False
 
-    async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> None:
+    async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> Published:
         if self.fail:
             raise down("job queue")
         self.published.append(job)
+        return Published(job=job, seq=len(self.published))
 
 
 @dataclass

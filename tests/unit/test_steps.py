@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from PIL import ExifTags, Image
 
-from actors.contract import ImageRecord
-from actors.config_actor import InvalidConfig, apply_change
-from actors.contract import MeshConfig, Status
+from actors.config_rules import InvalidConfig, apply_change
+from actors.contract import ImageRecord, MeshConfig, Status
 from actors.steps import STEPS, StepContext, StepRejected, StepResult, run_steps
 from actors.steps.exif import degrees, iso_time, read_exif
 from actors.steps.moderation import evaluate, parse_rule, rules_problem

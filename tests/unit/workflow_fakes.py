@@ -54,11 +54,14 @@ class FakeStore:
         rec = self.records.get(image_id)
         return None if rec is None else msgspec.structs.replace(rec, history=list(rec.history))
 
-    async def transition(self, image_id: str, status: Status, **fields: Any) -> float:
+    async def transition(
+        self, image_id: str, status: Status, *, provenance: dict[str, Any] | None = None, **fields: Any
+    ) -> float:
         at = time.time()
         entry: dict[str, Any] = {"status": status.value, "at": at}
         if fields.get("error") is not None:
             entry["error"] = msgspec.to_builtins(fields["error"])
+        entry.update(provenance or {})
         self._write(image_id, {"status": status, "updated_at": at, **fields}, entry)
         return at
 
@@ -178,10 +181,12 @@ class FakeMsg:
     delivered: int = 1
     settled: list[tuple[str, float | None]] = field(default_factory=list)
     beats: int = 0
+    seq: int = 1  # the message's stream sequence
 
     @property
     def metadata(self) -> Any:
-        return SimpleNamespace(num_delivered=self.delivered)
+        sequence = SimpleNamespace(stream=self.seq, consumer=self.seq)
+        return SimpleNamespace(num_delivered=self.delivered, sequence=sequence)
 
     async def ack(self) -> None:
         self.settled.append(("ack", None))

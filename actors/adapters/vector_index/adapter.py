@@ -82,6 +82,33 @@ class VectorIndex(IndexCatalog):
                 ids.append(as_text(key)[len(head) :])
         return sorted(ids)
 
+    async def present(self, model: str, image_ids: Sequence[str]) -> set[str]:
+        """Which of these images have a vector in the model's index (one pipelined round trip)."""
+        if not image_ids:
+            return set()
+        with redis_errors("present"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for image_id in image_ids:
+                    pipe.exists(self.key(model, image_id))
+                found = await pipe.execute()
+        return {i for i, n in zip(image_ids, found, strict=True) if n}
+
+    async def scan_docs(self, cursor: int, count: int) -> tuple[int, list[tuple[str, str, str]]]:
+        """One ``SCAN`` step over every model's vectors: the next cursor (0: complete) and, per document,
+        ``(model, image id of its key, image id it holds)`` (the two differ only in a corrupt document)."""
+        head = f"{self.prefix}:vec:"
+        with redis_errors("scan_docs"):
+            nxt, keys = await self._client.scan(cursor, match=head + "*", count=count, _type="hash")
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, ID_FIELD)
+                held = await pipe.execute() if keys else []
+        docs = []
+        for key, own in zip(keys, held, strict=True):
+            model, _, image_id = as_text(key)[len(head) :].partition(":")
+            docs.append((model, image_id, as_text(own) if own is not None else ""))
+        return int(nxt), docs
+
     async def vectors(self, model: str, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these images (missing ones, e.g. deleted meanwhile, are left out)."""
         out: dict[str, np.ndarray] = {}

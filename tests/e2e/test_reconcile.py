@@ -1,0 +1,254 @@
+"""Nothing stuck, nothing orphaned, against the whole real mesh: each anomaly the reconciler repairs is planted
+behind the mesh's back, ``mesh check --json`` counts it and exits 1, ``mesh reconcile`` repairs it (the
+repaired images end ``done``, the stuck one ``error``, each with a ``reconcile`` history entry, and
+``mesh_reconcile_repairs_total`` moves), then ``mesh check`` exits 0. Then the periodic reconciler does the same
+on its own, from the Config DB's period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis.asyncio as aioredis
+from nats.aio.client import Client
+
+from actors import contract
+from actors.adapters.config_client import ConfigClient
+from actors.adapters.index_client import IndexClient
+from actors.adapters.object_store import object_key
+from actors.adapters.workflow_store import WorkflowStore
+from actors.contract import DeadLetter, ImageRecord, Status
+from actors.settings import Settings
+from ops.stack.supervisor import settings_env
+from tests.helpers import s3_client, upload_id, wait_status, wait_until
+from tests.images import distinct_jpegs
+
+ROOT = Path(__file__).resolve().parents[2]
+MESH = str(Path(sys.executable).parent / "mesh")
+GRACE = "1"  # seconds: everything planted is older (or backdated), nothing else is in flight
+REPAIRED = (
+    "pending_without_job",
+    "stuck",
+    "orphan_object",
+    "done_without_vector",
+    "vector_without_record",
+    "stale_intent",
+)
+CHECK_ONLY = ("duplicate_done", "vector_indexed_twice")
+
+
+async def mesh_cli(settings: Settings, *args: str, limit_s: float = 120) -> tuple[int, Any]:
+    """``mesh ARGS --json`` as an operator runs it (a subprocess with the stack's settings): (exit, JSON)."""
+    env = {**os.environ, **settings_env(settings)}
+    proc = await asyncio.create_subprocess_exec(
+        MESH,
+        *args,
+        "--json",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), limit_s)
+    assert proc.returncode is not None
+    assert out.strip(), (
+        f"mesh {' '.join(args)} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
+    )
+    return proc.returncode, json.loads(out)
+
+
+async def check(settings: Settings) -> tuple[int, dict[str, int]]:
+    code, report = await mesh_cli(settings, "check", "--grace", GRACE)
+    return code, report["anomalies"]
+
+
+async def repairs_metric(settings: Settings) -> dict[str, float]:
+    """``mesh_reconcile_repairs_total`` by kind, from the coordinator's /metrics."""
+    async with httpx.AsyncClient(timeout=10) as c:
+        text = (await c.get(f"http://{settings.host}:{settings.coordinator_http_port}/metrics")).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('mesh_reconcile_repairs_total{kind="'):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('"')[1]] = float(value)
+    return out
+
+
+def history_by(rec: dict[str, Any], cause: str) -> list[dict[str, Any]]:
+    return [h for h in rec["history"] if h.get("cause") == cause]
+
+
+async def test_mesh_check_counts_each_planted_anomaly_and_mesh_reconcile_repairs_it(
+    settings: Settings, client: httpx.AsyncClient, ops_nc: Client
+) -> None:
+    started = time.monotonic()
+    config = ConfigClient(ops_nc)
+    before_cfg = await config.read()
+    await config.set("reconcile_period_s", 0)  # no periodic step races the anomalies planted here
+    p, model = settings.redis_prefix, before_cfg.active_model
+    redis = aioredis.Redis.from_url(settings.redis_server_url)
+    store = WorkflowStore(settings.redis_server_url, p)
+    s3 = s3_client(settings)
+    rng = random.Random(uuid.uuid4().int)
+    try:
+        base_code, base = await check(settings)  # earlier tests' leftovers, if any
+        healthy = distinct_jpegs(3, size=(96, 64), seed=rng.randrange(1 << 30))
+        done_id, intent_id = [await upload_id(client, data) for data in healthy[:2]]
+        await wait_status(client, [done_id, intent_id], {"done"}, timeout_s=60)
+
+        # 1. a pending record whose job never reached the stream (a gateway died between record and publish)
+        pending_id = uuid.uuid4().hex
+        data = healthy[2]
+        s3.put_object(
+            Bucket=settings.s3_bucket, Key=object_key(pending_id), Body=data, ContentType="image/jpeg"
+        )
+        old = time.time() - 3600
+        common: dict[str, Any] = dict(
+            content_type="image/jpeg", size_bytes=len(data), width=96, height=64, trace_id="t"
+        )
+        pending = ImageRecord(
+            image_id=pending_id,
+            status=Status.PENDING,
+            sha256=hashlib.sha256(data).hexdigest(),
+            object_key=object_key(pending_id),
+            created_at=old,
+            updated_at=old,
+            **common,
+        )
+        assert await store.create(pending) is None
+        # 2. a processing record whose last delivery died with its coordinator, a day ago
+        stuck_id = uuid.uuid4().hex
+        ancient = time.time() - 86_400
+        stuck = ImageRecord(
+            image_id=stuck_id,
+            status=Status.PROCESSING,
+            sha256=uuid.uuid4().hex * 2,
+            object_key=object_key(stuck_id),
+            created_at=ancient,
+            updated_at=ancient,
+            **common,
+        )
+        assert await store.create(stuck) is None
+        # 3. an object nothing refers to
+        orphan_key = object_key(uuid.uuid4().hex)
+        s3.put_object(Bucket=settings.s3_bucket, Key=orphan_key, Body=b"orphan", ContentType="image/jpeg")
+        # 4. a done image whose vector was deleted; 5. a vector whose image has no record
+        vector = await store.get_embedding(model, done_id)
+        assert vector is not None
+        ghost_id = uuid.uuid4().hex
+        await IndexClient(ops_nc).upsert(model, ghost_id, vector)
+        assert await redis.delete(f"{p}:vec:{model}:{done_id}") == 1
+        # 6. the intent of an upload that finished, left by a gateway that is still alive (its removal lost)
+        await redis.set(f"{p}:gateway:leaky", b"1", ex=300)
+        await redis.hset(f"{p}:upload_intents", object_key(intent_id), "leaky")
+        # and one check-only anomaly: the same delivery of the same job recorded `done` twice
+        done_rec = await store.get(done_id)
+        assert done_rec is not None
+        last_done = next(h for h in reversed(done_rec.history) if h.get("status") == "done")
+        assert {"cause", "attempt", "delivery", "job_seq"} <= set(last_done), last_done
+        await redis.rpush(f"{p}:image:{done_id}:history", json.dumps(last_done))
+
+        planted = {kind: base[kind] + 1 for kind in (*REPAIRED, "duplicate_done")}
+        found: dict[str, int] = {}
+
+        async def counted() -> bool:
+            nonlocal found
+            code, found = await check(settings)
+            return code == 1 and {k: found[k] for k in planted} == planted
+
+        await wait_until("mesh check counts every planted anomaly", counted, timeout_s=30, every_s=0.5)
+        assert found["vector_indexed_twice"] == base["vector_indexed_twice"]
+
+        metric_before = await repairs_metric(settings)
+        code, reply = await mesh_cli(settings, "reconcile", "--grace", GRACE)
+        assert code == 0, reply
+        for kind in REPAIRED:
+            assert reply["repairs"][kind] >= 1, (kind, reply)
+        assert reply["scanned"]["records"] >= 4 and reply["scanned"]["objects"] >= 3, reply
+
+        # the repaired images end done, the stuck one in error, each with its reconcile entry
+        records = await wait_status(client, [pending_id, done_id, intent_id], {"done"}, timeout_s=60)
+        republished = records[pending_id]
+        assert [h["repair"] for h in history_by(republished, "reconcile") if "step" in h] == [
+            "pending_without_job"
+        ]
+        assert "done" in [h.get("status") for h in history_by(republished, "reconcile")]  # its job's cause
+        note = history_by(records[done_id], "reconcile")[-1]
+        assert (note["repair"], note["how"], note["model"]) == ("done_without_vector", "upsert", model)
+        assert await redis.exists(f"{p}:vec:{model}:{done_id}") == 1
+        assert history_by(records[intent_id], "reconcile")[-1]["repair"] == "stale_intent"
+        [stuck_rec] = (await wait_status(client, [stuck_id], {"error"}, timeout_s=10)).values()
+        assert stuck_rec["error"]["code"] == "stuck"
+        assert stuck_rec["history"][-1]["cause"] == "reconcile"
+        dead = await ops_nc.jetstream().get_last_msg(settings.stream, contract.DEAD_SUBJECT)
+        letter = contract.decode(dead.data or b"", DeadLetter)
+        assert (letter.job.image_id, letter.code) == (stuck_id, "stuck")
+        # nothing recorded is left behind: the ghost vector, the orphan, the intent are gone
+        assert await redis.exists(f"{p}:vec:{model}:{ghost_id}") == 0
+        assert s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=orphan_key).get("KeyCount") == 0
+        assert await redis.hget(f"{p}:upload_intents", object_key(intent_id)) is None
+        metric_after = await repairs_metric(settings)
+        for kind in REPAIRED:
+            assert metric_after.get(kind, 0) >= metric_before.get(kind, 0) + 1, (kind, metric_after)
+
+        # what the reconciler cannot repair stays reported; once it is gone, mesh check exits 0
+        code, found = await check(settings)
+        assert code == 1 and found["duplicate_done"] == planted["duplicate_done"], found
+        assert await redis.lrem(f"{p}:image:{done_id}:history", -1, json.dumps(last_done)) == 1  # the copy
+        code, found = await check(settings)
+        expected = {k: (base[k] if k in CHECK_ONLY else 0) for k in found}
+        assert found == expected, found
+        assert code == (1 if any(expected.values()) else 0)
+        if base_code == 0:
+            assert code == 0
+        print(f"check -> reconcile -> check in {time.monotonic() - started:.1f} s")
+    finally:
+        await config.set("reconcile_period_s", before_cfg.reconcile_period_s)
+        await redis.delete(f"{p}:gateway:leaky")
+        await store.close()
+        await redis.aclose()
+
+
+async def test_the_periodic_reconciler_repairs_on_its_own(settings: Settings, ops_nc: Client) -> None:
+    """A period and a grace of one second (Config DB): an orphaned object and a ghost vector are removed
+    within a few periods, by whichever coordinator holds the lease, without anyone asking."""
+    config = ConfigClient(ops_nc)
+    before = await config.read()
+    redis = aioredis.Redis.from_url(settings.redis_server_url)
+    s3 = s3_client(settings)
+    p, model = settings.redis_prefix, before.active_model
+    orphan_key, ghost_id = object_key(uuid.uuid4().hex), uuid.uuid4().hex
+    try:
+        s3.put_object(Bucket=settings.s3_bucket, Key=orphan_key, Body=b"orphan", ContentType="image/jpeg")
+        stats = await IndexClient(ops_nc).stats(model)
+        await IndexClient(ops_nc).upsert(model, ghost_id, np.eye(1, stats.dim, dtype=np.float32)[0])
+        await config.set("reconcile_grace_s", 1)
+        await config.set("reconcile_period_s", 1)
+
+        async def repaired() -> bool:
+            listed = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=orphan_key).get("KeyCount")
+            return listed == 0 and await redis.exists(f"{p}:vec:{model}:{ghost_id}") == 0
+
+        await wait_until("the periodic reconciler removed both", repaired, timeout_s=30, every_s=0.5)
+        cursors = await redis.hgetall(f"{p}:reconcile:cursors")
+        assert {k.decode() if isinstance(k, bytes) else k for k in cursors} == {
+            "intents",
+            "records",
+            "vectors",
+            "objects",
+        }
+    finally:
+        await config.set("reconcile_period_s", before.reconcile_period_s)
+        await config.set("reconcile_grace_s", before.reconcile_grace_s)
+        await redis.aclose()
