@@ -169,22 +169,14 @@ async def run(args: argparse.Namespace, settings: Settings, nc: Client) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from ops.replay import connect_ops
+    from ops.replay import run_connected
 
     try:
         settings = Settings()
     except ValueError as e:
         print(f"bad MESH_* settings: {e}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        nc = await asyncio.wait_for(connect_ops(settings, "mesh-check"), timeout=15)
-    except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
-        print(f"cannot connect to NATS at {settings.nats_server_url}: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    try:
-        return await run(args, settings, nc)
-    finally:
-        await nc.close()
+    return await run_connected(settings, "mesh-check", lambda nc: run(args, settings, nc))
 
 
 def main(argv: list[str] | None = None) -> int:

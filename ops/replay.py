@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
@@ -200,17 +201,25 @@ async def connect_ops(settings: Settings, name: str) -> Client:
     return nc
 
 
-async def _main(args: argparse.Namespace) -> int:
-    settings = Settings()
+async def run_connected(
+    settings: Settings, name: str, command: Callable[[Client], Awaitable[int]], *, timeout_s: float = 15
+) -> int:
+    """Run an operator command on a NATS connection as the ops user; its exit code, or ``EXIT_UNAVAILABLE``
+    (with one line on stderr) when NATS cannot be reached. Shared by every operator tool in ``ops/``."""
     try:
-        nc = await asyncio.wait_for(connect_ops(settings, "mesh-replay"), timeout=15)
+        nc = await asyncio.wait_for(connect_ops(settings, name), timeout=timeout_s)
     except Exception as e:  # broad on purpose: whatever stops the connection, the user gets one line
         print(f"cannot connect to NATS at {settings.nats_server_url}: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
-        return await run(args, settings, nc)
+        return await command(nc)
     finally:
         await nc.close()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = Settings()
+    return await run_connected(settings, "mesh-replay", lambda nc: run(args, settings, nc))
 
 
 def main(argv: list[str] | None = None) -> int:
