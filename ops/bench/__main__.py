@@ -1,8 +1,9 @@
 """``python -m ops.bench [--full] [--large]``: start a private mesh, run every benchmark, write the reports.
 
-Writes ``var/bench/summary.json`` and ``docs/BENCHMARKS.md``. The stack runs on free ports with its data in
-``var/bench/stack`` (wiped at start); the model repository (EfficientNet-Lite0 and a random ViT-B/32-sized
-CLIP) is exported once into ``var/bench/model_repository`` and reused.
+Writes ``var/bench/summary.json`` and ``docs/BENCHMARKS.md`` at the end of the run, whole. The stack runs on
+free ports with its data in ``var/bench/stack`` (wiped at start); the model repository (EfficientNet-Lite0 and a
+random ViT-B/32-sized CLIP) is exported once into ``var/bench/model_repository`` and reused, and the realistic
+query vectors are cached in ``var/bench/vectors`` (the first run embeds them: about 15-20 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from ops.stack.services import ROOT
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="the issue's sizes (500 images per ingest run)")
-    ap.add_argument("--large", action="store_true", help="--full plus 1M vectors")
+    ap.add_argument(
+        "--large",
+        action="store_true",
+        help="--full with 1M realistic vectors (the first run embeds them: hours)",
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy pass")
     ap.add_argument(
         "--only",

@@ -1,18 +1,16 @@
-"""Benchmark inputs: camera-sized JPEGs, ~100 KB upload JPEGs, and embedding-like vectors with structure.
+"""Benchmark inputs: camera-sized JPEGs and ~100 KB upload JPEGs (the query vectors: ``ops.bench.realistic``).
 
 Images start from the photos that ship inside scikit-image (``ops/photos.py``), cropped, recoloured and
 given sensor-like noise so they compress like photos. Every repetition re-tags the same JPEGs with a comment
 segment (:func:`tagged`): the bytes (and so the sha256 the gateway de-duplicates on) differ, the decoding
 work does not.
-Vectors are low-rank and clustered like real embeddings; isotropic noise would make any ANN index look broken
-(DESIGN.md section 6).
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,29 +71,6 @@ def tagged(jpeg: bytes, tag: str) -> bytes:
         raise ValueError("not a JPEG")
     payload = tag.encode()
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
-
-
-def structured_vectors(
-    n: int, dim: int, seed: int = 0, rank: int = 48, clusters: int = 2000, chunk: int = 50_000
-) -> np.ndarray:
-    """``n`` unit float32 vectors: clustered points in a ``rank``-d subspace plus a little full-rank noise."""
-    rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(rank, dim)).astype(np.float32) / np.sqrt(rank)
-    centers = rng.normal(size=(clusters, rank)).astype(np.float32)
-    spread = rng.uniform(0.3, 0.7, clusters).astype(np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        which = rng.integers(0, clusters, m)
-        latent = centers[which] + spread[which, None] * rng.normal(size=(m, rank)).astype(np.float32)
-        x = latent @ basis + 0.08 * rng.normal(size=(m, dim)).astype(np.float32)
-        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def batches(items: list[bytes], size: int) -> Iterator[list[bytes]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def cached_jpegs(path: Path, make: Callable[[], list[bytes]]) -> list[bytes]:

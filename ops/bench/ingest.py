@@ -1,10 +1,8 @@
-"""Ingest throughput: the mesh end to end (upload -> done) against one in-process Python loop.
+"""Ingest throughput through the mesh end to end (upload -> done), and the model files the baselines load.
 
-The baseline does what the mesh does for each image, with none of its distribution: decode and preprocess
-(the pipeline's own functions), batched ONNX Runtime inference on the same model file, and a pipelined Redis
-insert into an HNSW index with the same schema. The mesh run uploads through the gateway with ``uploaders``
-concurrent clients and waits until every record says ``done`` (read straight from Redis, so the waiting adds
-no load to the gateway).
+The mesh run uploads through the gateway with ``uploaders`` concurrent clients and waits until every record
+says ``done`` (read straight from Redis, so the waiting adds no load to the gateway). Its baseline, one process
+doing the same work per image, is ``ops.bench.baseline``.
 """
 
 from __future__ import annotations
@@ -17,13 +15,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import redis
 import redis.asyncio as aioredis
 
 from actors import preprocess
 from actors.adapters.embedder import Embedder
-from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
-from ops.bench.data import batches, tagged
+from ops.bench.data import tagged
 from ops.bench.stack import BenchStack
 
 
@@ -56,36 +52,10 @@ def ort_session(path: Path, threads: int = 0) -> Any:
 
 
 def pixels(data: bytes, spec: preprocess.PreprocessSpec, draft: bool = False) -> np.ndarray:
-    """What ``actors.workflow._pixels`` does (``draft``: let JPEG decode at a reduced scale first)."""
+    """Decode and preprocess with the pipeline's functions (``draft``: JPEG decodes at a reduced scale first,
+    as the coordinator does); for the per-core preprocessing figures."""
     img = preprocess.decode_image(data, spec.resize if draft else None)
     return preprocess.to_pixels(img, spec)
-
-
-async def ensure_baseline_index(redis_url: str, prefix: str, model: str, dim: int) -> None:
-    async with VectorIndex(redis_url, prefix) as index:
-        await index.ensure_index(model, dim)
-
-
-def baseline_ingest(
-    images: list[bytes], m: ModelFiles, session: Any, r: redis.Redis, key_prefix: str, batch: int, tag: str
-) -> float:
-    """Images/s of one Python loop: decode + preprocess, batched inference, pipelined HSET."""
-    input_name = session.get_inputs()[0].name
-    start = time.perf_counter()
-    n = 0
-    for chunk in batches(images, batch):
-        px = np.stack([pixels(d, m.spec) for d in chunk])
-        vecs = session.run(None, {input_name: px})[0]
-        pipe = r.pipeline(transaction=False)
-        for v in vecs:
-            image_id = f"{tag}-{n}"
-            pipe.hset(
-                key_prefix + image_id,
-                mapping={ID_FIELD: image_id, TAGS_FIELD: "", VECTOR_FIELD: v.astype(np.float32).tobytes()},
-            )
-            n += 1
-        pipe.execute()
-    return len(images) / (time.perf_counter() - start)
 
 
 @dataclass

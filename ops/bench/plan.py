@@ -1,5 +1,6 @@
-"""How big each benchmark is: the quick default (`make bench`, under 20 minutes on 2 cores), ``--full``
-(the issue's sizes: 500 images per ingest run), ``--large`` (adds 1M vectors) and the CI smoke size."""
+"""How big each benchmark is: the quick default (`make bench`, under 20 minutes on 2 cores once the realistic
+vectors are cached), ``--full`` (500 images per ingest run, more queries), ``--large`` (1M realistic vectors: the
+first run embeds them for hours) and the CI smoke size."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ class Plan:
     uploaders: int = 16
     ingest_clip_n: int = 64
     ingest_default_n: int = 160
-    baseline_batch: int = 16
     triton_clip_n: int = 48
     triton_default_n: int = 192
     triton_concurrency: int = 32
     preprocess_n: int = 30
-    query_sizes_512: tuple[int, ...] = (10_000, 100_000)
-    query_main_n: int = 100_000  # the size the summary's query figures are taken at
-    query_n_1280: int = 10_000  # --full: 100k (a 100k HNSW build takes ~4 min here)
-    n_queries: int = 150
+    realistic_n: int = 100_000  # vectors in the query index (the default model's, ops/bench/realistic.py)
+    tune_queries: int = 200  # held-out queries that choose the shipped EF_RUNTIME
+    eval_queries: int = 300  # other held-out queries: every query figure
     upload_n: int = 150
     upload_concurrency: int = 16
     profile: bool = True
@@ -38,26 +37,23 @@ FULL = replace(
     ingest_default_n=500,
     triton_clip_n=256,
     triton_default_n=512,
-    query_n_1280=100_000,
-    n_queries=500,
+    eval_queries=500,
     upload_n=500,
 )
-LARGE = replace(FULL, name="large", query_sizes_512=(10_000, 100_000, 1_000_000))
+LARGE = replace(FULL, name="large", realistic_n=1_000_000)
 SMOKE = Plan(
     "smoke",
     reps=1,
     uploaders=4,
     ingest_clip_n=12,
     ingest_default_n=12,
-    baseline_batch=4,
     triton_clip_n=16,
     triton_default_n=16,
     triton_concurrency=8,
     preprocess_n=4,
-    query_sizes_512=(2_000, 5_000),
-    query_main_n=5_000,
-    query_n_1280=2_000,
-    n_queries=20,
+    realistic_n=1_000,
+    tune_queries=20,
+    eval_queries=20,
     upload_n=12,
     upload_concurrency=4,
     profile=False,

@@ -1,8 +1,10 @@
-"""Similarity queries: GET /images/{id}/similar against raw FT.SEARCH KNN on the same index, and recall@10.
+"""Similarity queries on a planted index: raw FT.SEARCH KNN at a given EF_RUNTIME, GET /images/{id}/similar
+through the gateway, the indexer's ``index.query`` over NATS, and recall@10 against brute-force neighbours.
 
 Vectors go straight into the model's index (pipelined HSET in the ``VectorIndex`` key format: the index is
-created by the adapter, with the indexer's HNSW parameters), and the query images get workflow records and
-stored embeddings (``WorkflowStore``), which is all ``/similar`` reads. The exact neighbours come from numpy.
+created by the adapter, with the indexer's HNSW parameters). Query vectors are held out of the index; for the
+gateway they get workflow records and stored embeddings (``WorkflowStore``), which is all ``/similar`` reads.
+The exact neighbours come from numpy (cosine, brute force).
 """
 
 from __future__ import annotations
@@ -20,61 +22,78 @@ from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, Vec
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import ImageRecord, Status
 from actors.runtime import connect_nats
-from ops.bench.data import structured_vectors
 from ops.bench.stack import BenchStack
 from ops.bench.stats import percentile
 
+K = 10
+
 
 @dataclass
-class QueryIndex:
-    model: str
+class QuerySet:
+    """Held-out query images: their ids, vectors and exact ``K`` nearest ids in the index."""
+
     ids: list[str]
     vectors: np.ndarray
-    queries: list[int]  # positions of the query images
-    exact: list[set[str]]  # their exact 10 nearest others
-    insert_s: float
+    exact: list[set[str]]
 
 
-def _ids(model: str, n: int) -> list[str]:
+def index_ids(model: str, n: int) -> list[str]:
     return [f"{model}-{i:07d}" for i in range(n)]
 
 
-async def build_index(
-    bench: BenchStack, model: str, n: int, dim: int, n_queries: int, seed: int = 0, batch: int = 2000
-) -> QueryIndex:
-    """Fill ``model``'s index with ``n`` structured vectors; give ``n_queries`` of them workflow records."""
+def exact_neighbours(
+    base: np.ndarray, base_ids: list[str], queries: np.ndarray, k: int = K
+) -> list[set[str]]:
+    """Each query's ``k`` nearest ids in ``base`` by cosine similarity: brute force, 256 queries at a time."""
+    b = base / np.linalg.norm(base, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    out: list[set[str]] = []
+    for lo in range(0, len(q), 256):
+        sims = q[lo : lo + 256] @ b.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        out += [{base_ids[int(i)] for i in row} for row in top]
+    return out
+
+
+async def plant(
+    bench: BenchStack, model: str, ids: list[str], vectors: np.ndarray, batch: int = 2000
+) -> float:
+    """Fill ``model``'s index with ``vectors`` (pipelined HSET), wait for Redis to settle; insert seconds."""
     s = bench.settings
-    vectors = structured_vectors(n, dim, seed)
-    ids = _ids(model, n)
     async with VectorIndex.from_settings(s) as index:
-        await index.ensure_index(model, dim)
+        await index.ensure_index(model, int(vectors.shape[1]))
         key_prefix, index_name = index.key_prefix(model), index.index_name(model)
     r = redis.Redis.from_url(s.redis_server_url)
     start = time.perf_counter()
     try:
-        for lo in range(0, n, batch):
+        for lo in range(0, len(ids), batch):
             pipe = r.pipeline(transaction=False)
-            for i in range(lo, min(n, lo + batch)):
+            for i in range(lo, min(len(ids), lo + batch)):
+                vec = np.ascontiguousarray(vectors[i], dtype=np.float32)
                 pipe.hset(
                     key_prefix + ids[i],
-                    mapping={ID_FIELD: ids[i], TAGS_FIELD: "", VECTOR_FIELD: vectors[i].tobytes()},
+                    mapping={ID_FIELD: ids[i], TAGS_FIELD: "", VECTOR_FIELD: vec.tobytes()},
                 )
             pipe.execute()
     finally:
         r.close()
     insert_s = time.perf_counter() - start
     wait_quiet(s.redis_server_url, index_name)
-    rng = np.random.default_rng(seed + 1)
-    queries = [int(q) for q in rng.choice(n, size=min(n_queries, n), replace=False)]
+    return insert_s
+
+
+async def give_records(bench: BenchStack, model: str, qs: QuerySet) -> None:
+    """Workflow records (``done`` under ``model``) and stored embeddings for the query images."""
+    s = bench.settings
     store = WorkflowStore(s.redis_server_url, s.redis_prefix)
     try:
-        for q in queries:
+        for image_id, vec in zip(qs.ids, qs.vectors, strict=True):
             now = time.time()
             rec = ImageRecord(
-                image_id=ids[q],
+                image_id=image_id,
                 status=Status.DONE,
-                sha256=hashlib.sha256(ids[q].encode()).hexdigest(),  # unique per index and image
-                object_key=f"bench/{ids[q]}",
+                sha256=hashlib.sha256(image_id.encode()).hexdigest(),  # unique per image
+                object_key=f"bench/{image_id}",
                 content_type="image/jpeg",
                 size_bytes=1,
                 width=1,
@@ -82,23 +101,16 @@ async def build_index(
                 created_at=now,
                 updated_at=now,
                 model=model,
-                embedding_dim=dim,
-                trace_id=f"bench-{q}",  # an empty string would read back as null
+                embedding_dim=int(vec.shape[0]),
+                trace_id=f"bench-{image_id}",  # an empty string would read back as null
             )
             await store.create(rec)
-            await store.set_embedding(model, ids[q], vectors[q])
+            await store.set_embedding(model, image_id, np.ascontiguousarray(vec, dtype=np.float32))
     finally:
         await store.close()
-    exact = []
-    for q in queries:
-        sims = vectors @ vectors[q]
-        sims[q] = -np.inf
-        top = np.argpartition(-sims, 10)[:10]
-        exact.append({ids[i] for i in top})
-    return QueryIndex(model, ids, vectors, queries, exact, insert_s)
 
 
-def wait_quiet(redis_url: str, index_name: str, timeout_s: float = 900) -> None:
+def wait_quiet(redis_url: str, index_name: str, timeout_s: float = 1800) -> None:
     """Wait until Redis is done with the after-effects of a bulk insert, which would land in the query figures
     (p50 of 160 ms seen): RediSearch's background scan of the keyspace (FT.CREATE starts one; it holds the main
     thread in chunks until FT.INFO ``indexing`` is 0), and the AOF rewrite / RDB save that hundreds of MB set
@@ -119,82 +131,71 @@ def wait_quiet(redis_url: str, index_name: str, timeout_s: float = 900) -> None:
 
 
 @dataclass
-class QueryRun:
-    gateway_p50_ms: float
-    gateway_p99_ms: float
-    raw_p50_ms: float
-    raw_p99_ms: float
-    raw_plain_p50_ms: float
+class Pass:
+    """One pass over a query set: latency percentiles (ms) and recall@10 against the exact neighbours."""
+
+    p50_ms: float
+    p99_ms: float
     recall_at_10: float
-    raw_recall_at_10: float
+
+    @classmethod
+    def of(cls, seconds: list[float], found: int, n_queries: int) -> Pass:
+        return cls(1000 * percentile(seconds, 50), 1000 * percentile(seconds, 99), found / (K * n_queries))
 
 
-def _search(
-    r: redis.Redis, index: VectorIndex, model: str, vec: np.ndarray, exclude: str | None, ef: int
-) -> list[str]:
-    q = index.build_query(vec, 10, exclude_id=exclude, ef_runtime=ef)
-    res = r.ft(index.index_name(model)).search(q, query_params=q.params)
-    return [str(getattr(d, ID_FIELD)) for d in res.docs]
-
-
-def query_pass(bench: BenchStack, qi: QueryIndex, ef_runtime: int, warmup: int = 10) -> QueryRun:
-    """One pass over the query images: through the gateway, then raw FT.SEARCH with the same query."""
-    s = bench.settings
-    gw: list[float] = []
-    raw: list[float] = []
-    plain: list[float] = []
-    found_gw = found_raw = 0
-    # the adapter only builds the query (its client never connects): sync redis-py runs the raw search
-    index = VectorIndex.from_settings(s)
-    r = redis.Redis.from_url(s.redis_server_url)
+def raw_pass(bench: BenchStack, model: str, qs: QuerySet, ef: int, exclude: bool, warmup: int = 10) -> Pass:
+    """``FT.SEARCH`` KNN 10 at EF_RUNTIME ``ef`` for each query, through redis-py, the query built by the
+    mesh's ``VectorIndex``; ``exclude``: with the ``-@image_id:{query}`` pre-filter ``/similar`` adds."""
+    # the adapter only builds the query (its client never connects): sync redis-py runs the search
+    index = VectorIndex.from_settings(bench.settings)
+    ft = redis.Redis.from_url(bench.settings.redis_server_url)
+    times: list[float] = []
+    found = 0
     try:
-        with httpx.Client(base_url=bench.base_url, timeout=30) as client:
-            order = qi.queries[:warmup] + qi.queries
-            for j, q in enumerate(order):
-                t0 = time.perf_counter()
-                resp = client.get(f"/images/{qi.ids[q]}/similar", params={"k": 10})
-                dt = time.perf_counter() - t0
-                if resp.status_code != 200:
-                    raise RuntimeError(f"/similar for {qi.ids[q]}: HTTP {resp.status_code} {resp.text[:300]}")
-                if j >= warmup:
-                    gw.append(dt)
-                    got = {h["image_id"] for h in resp.json()["results"]}
-                    found_gw += len(got & qi.exact[j - warmup])
-        for j, q in enumerate(qi.queries[:warmup] + qi.queries):
-            vec = qi.vectors[q]
+        search = ft.ft(index.index_name(model))
+        order = list(range(min(warmup, len(qs.ids)))) + list(range(len(qs.ids)))
+        for j, i in enumerate(order):
+            q = index.build_query(qs.vectors[i], K, exclude_id=qs.ids[i] if exclude else None, ef_runtime=ef)
             t0 = time.perf_counter()
-            got_ids = _search(r, index, qi.model, vec, qi.ids[q], ef_runtime)
-            t1 = time.perf_counter()
-            _search(r, index, qi.model, vec, None, ef_runtime)
-            t2 = time.perf_counter()
+            res = search.search(q, query_params=q.params)
+            dt = time.perf_counter() - t0
             if j >= warmup:
-                raw.append(t1 - t0)
-                plain.append(t2 - t1)
-                found_raw += len(set(got_ids) & qi.exact[j - warmup])
+                times.append(dt)
+                found += len({str(getattr(d, ID_FIELD)) for d in res.docs} & qs.exact[i])
     finally:
-        r.close()
-    n = 10 * len(qi.queries)
-    return QueryRun(
-        gateway_p50_ms=1000 * percentile(gw, 50),
-        gateway_p99_ms=1000 * percentile(gw, 99),
-        raw_p50_ms=1000 * percentile(raw, 50),
-        raw_p99_ms=1000 * percentile(raw, 99),
-        raw_plain_p50_ms=1000 * percentile(plain, 50),
-        recall_at_10=found_gw / n,
-        raw_recall_at_10=found_raw / n,
-    )
+        ft.close()
+    return Pass.of(times, found, len(qs.ids))
 
 
-async def nats_pass(bench: BenchStack, qi: QueryIndex, ef_runtime: int, warmup: int = 10) -> float:
+def gateway_pass(bench: BenchStack, qs: QuerySet, warmup: int = 10) -> Pass:
+    """``GET /images/{id}/similar?k=10`` for each query (the gateway's EF_RUNTIME: the Config DB's)."""
+    times: list[float] = []
+    found = 0
+    with httpx.Client(base_url=bench.base_url, timeout=30) as client:
+        order = list(range(min(warmup, len(qs.ids)))) + list(range(len(qs.ids)))
+        for j, i in enumerate(order):
+            t0 = time.perf_counter()
+            resp = client.get(f"/images/{qs.ids[i]}/similar", params={"k": K})
+            dt = time.perf_counter() - t0
+            if resp.status_code != 200:
+                raise RuntimeError(f"/similar for {qs.ids[i]}: HTTP {resp.status_code} {resp.text[:300]}")
+            if j >= warmup:
+                times.append(dt)
+                found += len({h["image_id"] for h in resp.json()["results"]} & qs.exact[i])
+    return Pass.of(times, found, len(qs.ids))
+
+
+async def nats_pass(bench: BenchStack, model: str, qs: QuerySet, ef: int, warmup: int = 10) -> float:
     """p50 ms of the same queries through the indexer's ``index.query`` over NATS (what the gateway used to
     call): the price of the actor hop, for comparison with the gateway's direct read."""
     nc = await connect_nats(bench.settings, "gateway", name="bench")
     times: list[float] = []
     try:
         client = IndexClient(nc)
-        for j, q in enumerate(qi.queries[:warmup] + qi.queries):
+        order = list(range(min(warmup, len(qs.ids)))) + list(range(len(qs.ids)))
+        for j, i in enumerate(order):
             t0 = time.perf_counter()
-            await client.query(qi.model, qi.vectors[q], 10, exclude_id=qi.ids[q], ef_runtime=ef_runtime)
+            await client.query(model, qs.vectors[i], K, exclude_id=qs.ids[i], ef_runtime=ef)
             if j >= warmup:
                 times.append(time.perf_counter() - t0)
     finally:

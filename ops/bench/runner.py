@@ -7,44 +7,26 @@ with their min and max.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import redis
-import structlog
 
+from actors.contract import MeshConfig
+from actors.settings import Settings
+from ops.bench import baseline, ingest, upload
 from ops.bench import inference as inf
-from ops.bench import ingest, query, upload
 from ops.bench.data import cached_jpegs, photo_jpegs, sized_jpegs, tagged
 from ops.bench.plan import Plan
 from ops.bench.profile import Profiler
+from ops.bench.recall import realistic_queries
 from ops.bench.stack import BenchStack
-from ops.bench.stats import Figure, ratios
+from ops.bench.stats import Results, ratios
 
-log = structlog.get_logger("bench")
 BASELINE_PREFIX = "benchbase"  # the in-process baseline's index, beside the mesh's own
-
-
-@dataclass
-class Results:
-    figures: dict[str, Figure] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, name: str, values: list[float], unit: str = "") -> Figure:
-        fig = Figure.of(values, unit)
-        self.figures[name] = fig
-        log.info(
-            "bench.figure",
-            name=name,
-            median=round(fig.median, 4),
-            min=round(fig.min, 4),
-            max=round(fig.max, 4),
-        )
-        return fig
+__all__ = ["STEPS", "Results", "Runner"]
 
 
 def _say(msg: str) -> None:
@@ -81,8 +63,18 @@ class Runner:
         p = self.plan
         # the benchmarks plant vectors without records and switch models at will: no reconciler behind them
         await self.bench.set_config("reconcile_period_s", 0)
+        self.res.details["stack"] = {
+            "log_level": self.bench.settings.log_level,
+            "log_level_default": Settings.model_fields["log_level"].default,
+        }
         for name in (self.clip, self.default):
-            self.models[name] = await ingest.model_files(self.bench, self.repository, name)
+            self.models[name] = m = await ingest.model_files(self.bench, self.repository, name)
+            self.res.details.setdefault("models", {})[name] = {
+                "dim": m.dim,
+                "input": f"{m.spec.crop}x{m.spec.crop}",
+                "onnx_mb": round(m.onnx.stat().st_size / 2**20, 1),
+            }
+        self.res.details["clip_checkpoint"] = self.bench.settings.clip_checkpoint or "random:tiny"
         n_img = max(p.ingest_clip_n, p.ingest_default_n, p.profile_n if p.profile else 0)
         _say(f"making {n_img} images of {p.image_size[0]}x{p.image_size[1]}")
         w, h = p.image_size
@@ -180,28 +172,45 @@ class Runner:
             self.res.details[f"int8_vs_fp32_cosine_min_{key}"] = round(float(cos.min()), 4)
 
     # --- 1. ingest ------------------------------------------------------------------------------------
+    def _best_batch(self, key: str) -> int:
+        """The batch size the scan of this run found best for the model (the triton step scans first)."""
+        if f"ort_best_batch_{key}" not in self.res.details:
+            m = self.models[self.clip if key == "clip" else self.default]
+            n = self.plan.triton_clip_n if key == "clip" else self.plan.triton_default_n
+            scan = inf.best_batch(ingest.ort_session(m.onnx), inf.random_pixels(m, n))
+            self.res.details[f"ort_batch_scan_{key}"] = {str(b): round(v, 2) for b, v in scan.items()}
+            self.res.details[f"ort_best_batch_{key}"] = max(scan, key=lambda b: scan[b])
+        return int(self.res.details[f"ort_best_batch_{key}"])
+
     async def _ingest_model(self, name: str, key: str, n: int) -> None:
         p = self.plan
         m = self.models[name]
         s = self.bench.settings
         await self.bench.set_config("active_model", name)
-        await ingest.ensure_baseline_index(s.redis_server_url, BASELINE_PREFIX, name, m.dim)
-        from actors.adapters.vector_index import VectorIndex
-
-        key_prefix = VectorIndex(s.redis_server_url, BASELINE_PREFIX).key_prefix(name)
+        cfg = await self._config()  # the mesh's own configuration: the baseline does the work it says
+        batch = self._best_batch(key)
+        self.res.details[f"baseline_{key}"] = {
+            "batch": batch,
+            "decode_threads": os.cpu_count(),
+            "pipeline_steps": list(cfg.pipeline_steps),
+            "max_pixels": cfg.max_pixels,
+            "draft_target": m.spec.resize,
+        }
+        key_prefix = await baseline.ensure_baseline_index(s.redis_server_url, BASELINE_PREFIX, name, m.dim)
         images = self.camera[:n]
         session = ingest.ort_session(m.onnx)
         r = redis.Redis.from_url(s.redis_server_url)
+
+        def run_baseline(imgs: list[bytes], tag: str) -> float:
+            return baseline.baseline_ingest(imgs, m.spec, cfg, session, r, key_prefix, batch, tag)
+
         # warm-up: model config caches, gRPC channels, ORT arenas (not timed)
-        ingest.baseline_ingest(images[:8], m, session, r, key_prefix, p.baseline_batch, f"{key}-warm")
+        run_baseline(images[:8], f"{key}-warm")
         await ingest.mesh_ingest(self.bench, images[:8], f"{key}-warm", p.uploaders)
         base, mesh, stages = [], [], []
         for rep in range(p.reps):
-            tagged_images = [tagged(d, f"{key}-{rep}-{i}") for i, d in enumerate(images)]
             base.append(
-                ingest.baseline_ingest(
-                    tagged_images, m, session, r, key_prefix, p.baseline_batch, f"{key}-{rep}"
-                )
+                run_baseline([tagged(d, f"{key}-{rep}-{i}") for i, d in enumerate(images)], f"{key}-{rep}")
             )
             run = await ingest.mesh_ingest(self.bench, images, f"{key}-{rep}", p.uploaders)
             if run.errors:
@@ -231,7 +240,10 @@ class Runner:
                 runs.append(run.images_per_s)
                 last = run
             self.res.add("ingest_mesh_images_per_s_default_2coord", runs, "images/s")
-            self.res.details["stages_default_2coord"] = last.stages
+            self.res.details["stages_default_2coord"] = last.stages | {
+                "_upload_s": last.upload_seconds,
+                "_wall_s": last.seconds,
+            }
         finally:
             self.bench.remove_coordinators()
         one = self.res.figures["ingest_mesh_images_per_s_default"]
@@ -253,40 +265,11 @@ class Runner:
 
     # --- 3. queries ---------------------------------------------------------------------------------------
     async def queries(self) -> None:
-        p = self.plan
-        ef = 200
-        cfg_ef = (await self._config()).ef_runtime
-        ef = cfg_ef or ef
-        self.res.details["hnsw"] = {"m": 16, "ef_construction": 200, "ef_runtime": ef}
-        sizes = [(n, 512) for n in p.query_sizes_512] + [(p.query_n_1280, 1280)]
-        for n, dim in sizes:
-            model = f"bench{dim}_{n}"
-            t0 = time.perf_counter()
-            qi = await query.build_index(self.bench, model, n, dim, p.n_queries)
-            self.res.details[f"index_build_s_{dim}_{n}"] = round(time.perf_counter() - t0, 1)
-            # /similar reads the query image's vector under the active model: make the bench index's active
-            await self.bench.set_config("active_model", model)
-            runs = [query.query_pass(self.bench, qi, ef) for _ in range(p.reps)]
-            nats = [await query.nats_pass(self.bench, qi, ef) for _ in range(p.reps)]
-            key = f"{dim}_{n}"
-            self.res.add(f"query_nats_p50_ms_{key}", nats, "ms")
-            self.res.add(f"query_gateway_p50_ms_{key}", [r.gateway_p50_ms for r in runs], "ms")
-            self.res.add(f"query_gateway_p99_ms_{key}", [r.gateway_p99_ms for r in runs], "ms")
-            self.res.add(f"query_raw_p50_ms_{key}", [r.raw_p50_ms for r in runs], "ms")
-            self.res.add(f"query_raw_p99_ms_{key}", [r.raw_p99_ms for r in runs], "ms")
-            self.res.add(f"query_raw_nofilter_p50_ms_{key}", [r.raw_plain_p50_ms for r in runs], "ms")
-            self.res.add(
-                f"query_p50_overhead_ms_{key}", [r.gateway_p50_ms - r.raw_p50_ms for r in runs], "ms"
-            )
-            self.res.add(
-                f"query_p99_overhead_ms_{key}", [r.gateway_p99_ms - r.raw_p99_ms for r in runs], "ms"
-            )
-            self.res.add(f"recall_at_10_{key}", [r.recall_at_10 for r in runs])
-            self.res.add(f"raw_recall_at_10_{key}", [r.raw_recall_at_10 for r in runs])
-            await self._drop(model)
-        await self.bench.set_config("active_model", self.default)
+        cfg = await self._config()
+        m = self.models[self.default]
+        await realistic_queries(self.bench, self.plan, self.res, m, self.work_dir / "vectors", cfg)
 
-    async def _config(self) -> Any:
+    async def _config(self) -> MeshConfig:
         from actors.adapters.config_client import ConfigClient
         from actors.runtime import connect_nats
 
@@ -296,32 +279,29 @@ class Runner:
         finally:
             await nc.close()
 
-    async def _drop(self, model: str) -> None:
-        from actors.adapters.vector_index import VectorIndex
-
-        async with VectorIndex.from_settings(self.bench.settings) as index:
-            await index.drop(model)
-
     # --- 4. uploads ---------------------------------------------------------------------------------------
     async def uploads(self) -> None:
+        """The stack as deployed: the coordinator runs and embeds every upload (the active model) while the
+        uploads go on; a mesh pass ends when its uploads are answered, and the next bare pass starts once
+        every one of them is done, so no backlog runs into the baseline."""
         p = self.plan
         images = cached_jpegs(
             self.work_dir / "images" / f"upload-100k-{p.upload_n}.bin", lambda: sized_jpegs(p.upload_n)
         )
         self.res.details["upload_jpeg_kb_mean"] = round(float(np.mean([len(d) for d in images])) / 1024, 1)
-        # the coordinator would compete for the 2 cores: this measures the upload path alone
-        self.bench.stack.stop_service("coordinator")
+        self.res.details["upload_active_model"] = (await self._config()).active_model
         bare, mesh = [], []
         with upload.bare_server() as bare_url:
             for rep in range(p.reps):
-                bare.append(
-                    await upload.upload_rate(bare_url, "/upload", images, f"bare-{rep}", p.upload_concurrency)
+                rate, _ = await upload.upload_rate(
+                    bare_url, "/upload", images, f"bare-{rep}", p.upload_concurrency
                 )
-                mesh.append(
-                    await upload.upload_rate(
-                        self.bench.base_url, "/images/upload", images, f"up-{rep}", p.upload_concurrency
-                    )
+                bare.append(rate)
+                rate, ids = await upload.upload_rate(
+                    self.bench.base_url, "/images/upload", images, f"up-{rep}", p.upload_concurrency
                 )
+                mesh.append(rate)
+                await upload.wait_processed(self.bench, ids)
         self.res.add("upload_bare_per_s", bare, "uploads/s")
         self.res.add("upload_mesh_per_s", mesh, "uploads/s")
         self.res.add("upload_ratio", ratios(mesh, bare))

@@ -32,8 +32,9 @@ from ops.stack.supervisor import Stack, StackError, settings_env
 
 
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a private stack: every port free, every file under ``data_dir``."""
-    return private_settings(data_dir, **({"log_level": "warning"} | overrides))
+    """Settings for a private stack: every port free, every file under ``data_dir``; everything else (the log
+    level included) as deployed."""
+    return private_settings(data_dir, **overrides)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Figures: the median of several runs with their min and max, percentiles, and a wall-clock timer."""
+"""Figures: the median of several runs with their min and max, a run's results, percentiles, a timer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("bench")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,27 @@ class Figure:
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {"median": self.median, "min": self.min, "max": self.max, "n": self.n, "unit": self.unit}
+
+
+@dataclass
+class Results:
+    """What a run measured: figures by name, details (settings, scans, stage times) and each step's seconds."""
+
+    figures: dict[str, Figure] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, values: list[float], unit: str = "") -> Figure:
+        fig = Figure.of(values, unit)
+        self.figures[name] = fig
+        log.info(
+            "bench.figure",
+            name=name,
+            median=round(fig.median, 4),
+            min=round(fig.min, 4),
+            max=round(fig.max, 4),
+        )
+        return fig
 
 
 def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:

@@ -1,4 +1,8 @@
-"""Upload throughput: POST /images/upload against the bare endpoint of ``ops.bench.bare``, same client."""
+"""Upload throughput: POST /images/upload against the bare endpoint of ``ops.bench.bare``, same client.
+
+The mesh runs as deployed: at the default log level, with the coordinator embedding each upload as it arrives;
+``wait_processed`` lets that backlog drain before the next baseline pass.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import redis.asyncio as aioredis
 
 from ops.bench.data import tagged
+from ops.bench.ingest import wait_done
+from ops.bench.stack import BenchStack
 from ops.stack.ports import free_port
 from ops.stack.services import ROOT
 
@@ -45,8 +52,9 @@ def bare_server(timeout_s: float = 60) -> Iterator[str]:
 
 async def upload_rate(
     base_url: str, path: str, images: list[bytes], tag: str, concurrency: int = 16
-) -> float:
-    """Uploads/s of ``images`` (re-tagged: new bytes every run) with ``concurrency`` clients."""
+) -> tuple[float, list[str]]:
+    """Uploads/s of ``images`` (re-tagged: new bytes every run) with ``concurrency`` clients, and the image
+    ids the endpoint answered (the mesh's; the bare endpoint answers none)."""
     data = [tagged(d, f"{tag}-{i}") for i, d in enumerate(images)]
     nxt = iter(data)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -54,14 +62,29 @@ async def upload_rate(
         warm = await client.post(path, files={"file": ("w.jpg", tagged(images[0], tag + "-w"), "image/jpeg")})
         warm.raise_for_status()
 
+        ids: list[str] = [] if "image_id" not in warm.json() else [warm.json()["image_id"]]
+
         async def worker() -> None:
             for body in nxt:
                 r = await client.post(path, files={"file": ("image.jpg", body, "image/jpeg")})
                 if r.status_code not in (200, 202):
                     raise RuntimeError(f"upload to {path} failed: HTTP {r.status_code} {r.text[:200]}")
+                if "image_id" in (answer := r.json()):
+                    ids.append(answer["image_id"])
 
         start = time.perf_counter()
         async with asyncio.TaskGroup() as tg:
             for _ in range(concurrency):
                 tg.create_task(worker())
-        return len(data) / (time.perf_counter() - start)
+        return len(data) / (time.perf_counter() - start), ids
+
+
+async def wait_processed(bench: BenchStack, ids: list[str], timeout_s: float = 900) -> None:
+    """Wait until the coordinator has finished every one of these uploads (``done`` or ``error``)."""
+    r = aioredis.Redis.from_url(bench.settings.redis_server_url)
+    try:
+        errors = await wait_done(r, bench.settings.redis_prefix, ids, timeout_s)
+    finally:
+        await r.aclose()
+    if errors:
+        raise RuntimeError(f"{errors} uploads ended in error")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from ops.bench.plan import SMOKE
+from ops.bench.realistic import realistic_vectors
+from ops.bench.recall import EF_SWEEP
 from ops.bench.report import HEADLINES, markdown, summary
 from ops.bench.runner import Runner
 from ops.bench.stack import BenchStack
@@ -38,7 +40,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchStack]:
 @pytest.mark.timeout(400)
 async def test_every_benchmark_produces_sane_figures(bench: BenchStack, tmp_path: Path) -> None:
     repository = bench.settings.model_repository
-    results = await Runner(SMOKE, bench, repository, tmp_path).run()
+    runner = Runner(SMOKE, bench, repository, tmp_path)
+    results = await runner.run()
     data = summary(results, SMOKE, dt.datetime.now().astimezone(), 1.0)
 
     assert set(HEADLINES) <= set(data), sorted(set(HEADLINES) - set(data))
@@ -49,11 +52,32 @@ async def test_every_benchmark_produces_sane_figures(bench: BenchStack, tmp_path
             assert 0.0 <= fig["median"] <= 1.0, name
         elif "overhead" not in name:  # a difference of two latencies; everything else is a rate or a time
             assert fig["median"] > 0, name
-    # the query path really answered from the index: the mesh's results overlap the exact neighbours
-    assert data["recall_at_10"] > 0.5
-    assert data["details"]["stages_clip"]["embed"]["count"] >= SMOKE.ingest_clip_n
+    d = data["details"]
+    # the query path really answered from the realistic index: results overlap the brute-force neighbours
+    assert data["recall_at_10"] > 0.5 and d["realistic"]["dim"] == 1280 and not d["realistic"]["cached"]
+    assert d["realistic"]["index_vectors"] == SMOKE.realistic_n
+    assert d["ef_runtime"]["chosen"] in EF_SWEEP and data["ef_runtime_shipped"] == d["ef_runtime"]["chosen"]
+    for ef in EF_SWEEP:
+        assert (
+            data["figures"][f"query_raw_p99_ms_ef{ef}"]["median"]
+            >= data["figures"][f"query_raw_p50_ms_ef{ef}"]["median"]
+        )
+    assert data["query_p50_ratio"] > 0
+    # the baseline used the batch the scan found best, the coordinator's draft target and the config's steps
+    for key in ("clip", "default"):
+        assert d[f"baseline_{key}"]["batch"] == d[f"ort_best_batch_{key}"]
+        assert d[f"baseline_{key}"]["pipeline_steps"] == []
+    assert d["baseline_default"]["draft_target"] == 256
+    assert data["triton_ratio"] == min(data["triton_ratio_clip"], data["triton_ratio_default"])
+    assert d["stack"]["log_level"] == d["stack"]["log_level_default"]
+    assert d["stages_clip"]["embed"]["count"] >= SMOKE.ingest_clip_n
     for key in ("fp32", "int8"):
-        assert 0.0 <= data["details"][f"sibling_recall_at_4_{key}_default"] <= 1.0
+        assert 0.0 <= d[f"sibling_recall_at_4_{key}_default"] <= 1.0
     report = markdown(data, SMOKE)
-    assert "| `ingest_ratio` |" in report and "cores" in report
-    json.dumps(data)  # summary.json must serialize
+    assert "| `ingest_ratio` |" in report and "cores" in report and "## Conditions" in report
+    (tmp_path / "summary.json").write_text(json.dumps(data, indent=1))  # it must serialize; kept to read
+    # the realistic vectors are cached: a second query step embeds nothing
+    m = runner.models[runner.default]
+    n = SMOKE.realistic_n + SMOKE.tune_queries + SMOKE.eval_queries
+    again = realistic_vectors(m.onnx, m.spec, n, tmp_path / "vectors")
+    assert again.cached and again.first_embed["runs"]
