@@ -6,7 +6,8 @@ outage in place (``outage``), what becomes of a job after an attempt (``delivery
 backoff, or give up to the dead letter), the operators' replay (``reprocess``) and the reconciler
 (``reconciler``: periodic bounded repairs, one replica at a time, and ``coordinator.reconcile``). This module
 wires them: per message it runs the pipeline through outages, sends in-progress acks while the job runs (so a
-slow step is not mistaken for a crash) and carries out the delivery decision. A crash (kill -9) mid-job acks
+slow step is not mistaken for a crash) and carries out the delivery decision, one run per image at a time
+(a job JetStream hands over again while it still runs here waits for it). A crash (kill -9) mid-job acks
 nothing: JetStream redelivers after ``ack_wait``, and every step is idempotent.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
@@ -81,6 +83,8 @@ class Coordinator:
         self.config = config
         self.outage = outage
         self.slots = Slots()
+        self._image_locks: dict[str, asyncio.Lock] = {}  # one run per image at a time
+        self._image_messages: Counter[str] = Counter()  # the messages holding or awaiting each lock
         self.processed = 0
         self.failed = 0
         self.consumer_max_deliver = 1_000
@@ -138,7 +142,7 @@ class Coordinator:
         # every history entry of this delivery says so: the job's cause and attempt, the delivery, the job's seq
         why = job_provenance(job, delivered, msg.metadata.sequence.stream)
         with recording(why):
-            async with _beating(heartbeat):
+            async with _beating(heartbeat), self._one_run_at_a_time(job.image_id):
                 try:
                     attempt = partial(self.pipeline.process, job, heartbeat)
                     await through_outages(
@@ -156,6 +160,22 @@ class Coordinator:
                 if decision.crashed:  # a bug: its traceback, then the policy's retry or dead letter
                     log.error("job.crashed", image_id=job.image_id, delivery=delivered, exc_info=error)
                 await self._carry_out(msg, job, decision, delivered)
+
+    @contextlib.asynccontextmanager
+    async def _one_run_at_a_time(self, image_id: str) -> AsyncIterator[None]:
+        """One run of an image's job at a time in this process. JetStream can hand over a job again while it
+        still runs here: a nats-server restarted after a crash may have lost the delivery from its consumer
+        state, and redelivers the job with the same delivery number. The copy waits (its own in-progress
+        acks keep it) and then finds the image done: one upsert and one ``done`` entry, not two."""
+        lock = self._image_locks.setdefault(image_id, asyncio.Lock())
+        self._image_messages[image_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._image_messages[image_id] -= 1
+            if not self._image_messages[image_id]:
+                del self._image_messages[image_id], self._image_locks[image_id]
 
     async def _carry_out(self, msg: Msg, job: ProcessJob, decision: Decision, delivered: int) -> None:
         if decision.action is Action.ACK:

@@ -254,3 +254,18 @@ async def test_a_replay_that_cannot_queue_its_job_puts_the_error_back(world: Wor
     rec = world.store.records[job.image_id]
     assert (rec.status, rec.error) == (Status.ERROR, err)
     assert world.events.statuses(job.image_id) == ["pending", "error"]
+
+
+async def test_a_job_handed_over_again_while_it_runs_waits_for_it_and_is_skipped(world: World) -> None:
+    """A nats-server restarted after a crash can redeliver a running job with the same delivery number: the
+    copy waits for the first run, then finds the image done. One upsert, one ``done`` entry, both acked."""
+    job = world.add_image()
+    first, copy = message(job), message(job)
+    coord = coordinator(world)
+
+    await asyncio.gather(coord.handle(first), coord.handle(copy))
+
+    assert len(world.nats.upserts) == 1
+    assert world.store.states(job.image_id).count("done") == 1
+    assert first.settled == copy.settled == [("ack", None)]
+    assert coord._image_locks == {}  # nothing kept once both are settled
