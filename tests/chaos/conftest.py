@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -19,10 +19,10 @@ import redis
 from actors.adapters.config_client import ConfigClient
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import MODEL, in_flight_during, measure_repeats, vector_docs
 from tests.helpers import ops_connection, running_stack, upload_with_retry, wait_until
 
 FULL = os.environ.get("MESH_CHAOS_FULL") == "1"
-MODEL = "efficientnet_lite0"
 
 
 def size(full: int, reduced: int) -> int:
@@ -86,19 +86,39 @@ def index_ids(settings: Settings, model: str = MODEL) -> list[str]:
 
 
 def assert_ingest_invariants(
-    settings: Settings, ids: list[str], images: list[bytes], records: dict[str, dict]
-) -> dict[str, int]:
-    """N accepted distinct images: N done, N vectors, no duplicate, none stuck. Returns the figures."""
-    figures = {
+    settings: Settings,
+    ids: list[str],
+    images: list[bytes],
+    records: dict[str, dict],
+    *,
+    fault_windows: Sequence[tuple[float, float]] = (),
+    jobs_at_fault: int | None = None,
+) -> dict[str, object]:
+    """N accepted distinct images: N done, each with exactly one document in the index, none stuck, and work
+    repeated only where a fault caused it.
+
+    ``fault_windows``: the wall-clock ``(start, end)`` of each fault (none: nothing touched the processing).
+    An image whose processing started again must have been in flight during one (``in_flight_during``); an
+    image processed more than once (upserted twice, or done twice) must also have been among the
+    ``jobs_at_fault`` the coordinator held when the fault struck (its ``mesh_jobs_in_flight`` then, summed
+    over the faults; None: the window count). Prints and returns the figures, the repeat figures among them.
+    """
+    mine = set(ids)
+    during = in_flight_during({i: records[i] for i in mine}, fault_windows)
+    at_fault = during if jobs_at_fault is None else min(during, jobs_at_fault)
+    docs = vector_docs(settings, mine)
+    repeats = measure_repeats(settings, {i: records[i] for i in mine})
+    figures: dict[str, object] = {
         "images": len(images),
-        "done": sum(1 for i in set(ids) if records[i]["status"] == "done"),
-        "distinct_ids": len(set(ids)),
+        "distinct_ids": len(mine),
+        "done": sum(1 for i in mine if records[i]["status"] == "done"),
+        "vectors": len(docs),
+        "duplicate_vectors": sum(n - 1 for n in docs.values()),
+        "stuck": sum(1 for i in mine if records[i]["status"] not in ("done", "error")),
+        **repeats.figures(),
+        "in_flight_during_fault": during,
+        "jobs_at_fault": at_fault,
     }
-    in_index = index_ids(settings)
-    mine = [i for i in in_index if i in set(ids)]
-    figures["vectors"] = len(mine)
-    figures["duplicate_vectors"] = len(mine) - len(set(mine))
-    figures["stuck"] = sum(1 for i in set(ids) if records[i]["status"] not in ("done", "error"))
     print(f"ingest figures: {figures}")
     assert figures["distinct_ids"] == len(images), (
         "two uploads of different bytes got the same id, or vice versa"
@@ -106,8 +126,18 @@ def assert_ingest_invariants(
     assert figures["done"] == len(images), {
         i: records[i].get("error") for i in ids if records[i]["status"] != "done"
     }
-    assert figures["vectors"] == len(images)
-    assert figures["duplicate_vectors"] == 0 and figures["stuck"] == 0
+    assert figures["vectors"] == len(images), f"images without a vector: {sorted(mine - set(docs))[:10]}"
+    twice = {i: n for i, n in docs.items() if n > 1}
+    assert figures["duplicate_vectors"] == 0, f"duplicate vectors (documents per image): {twice}"
+    assert figures["stuck"] == 0
+    assert len(repeats.repeated) <= at_fault, (
+        f"{len(repeats.repeated)} images processed more than once, {at_fault} jobs held when a fault struck: "
+        f"upserted twice {repeats.upserted_twice[:5]}, done twice {repeats.done_twice[:5]}"
+    )
+    assert len(repeats.restarted) <= during, (
+        f"{len(repeats.restarted)} images whose processing started again, {during} in flight during a fault: "
+        f"{repeats.restarted[:5]}"
+    )
     return figures
 
 

@@ -20,6 +20,7 @@ import httpx
 
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left, measure_repeats
 from tests.chaos.conftest import ingest, pid_of
 from tests.chaos.test_hostile_input import peak_rss_mb
 from tests.helpers import wait_terminal
@@ -105,3 +106,7 @@ async def test_32_queued_49_mp_pngs_keep_one_coordinator_under_1_gb(
     assert done == JOBS, {i: r.get("error") for i, r in records.items() if r["status"] != "done"}
     assert max(in_flight, default=0) >= JOBS // 2  # the jobs really were in flight together
     assert rss < MAX_COORDINATOR_RSS_MB
+    repeats = measure_repeats(chaos_settings, records)  # the coordinator was stopped before any job: no fault
+    print(f"repeats: {repeats.figures()}")
+    assert not repeats.repeated and not repeats.restarted, repeats
+    await assert_nothing_left(chaos_settings)

@@ -29,6 +29,7 @@ from actors.adapters.workflow_store import WorkflowStore
 from actors.settings import Settings
 from gateway.validation import UploadError, validate_image
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left, measure_repeats
 from tests.chaos.conftest import pid_of
 from tests.chaos.test_least_privilege import private_gateway
 from tests.corpus import (
@@ -206,6 +207,7 @@ async def test_hostile_corpus_gets_its_4xx_and_never_a_5xx(
         "a refused upload stored an object"
     )
     assert rss < MAX_GATEWAY_RSS_MB
+    await assert_nothing_left(chaos_settings)  # nor an intent, a record or a vector
 
 
 async def test_odd_valid_images_and_hostile_names_are_done_with_their_real_type(
@@ -270,6 +272,10 @@ async def test_odd_valid_images_and_hostile_names_are_done_with_their_real_type(
     assert not meta_leaks, meta_leaks[:5]
     assert {h["ContentType"] for h in heads} <= set(REAL_TYPES.values())
     assert rss < MAX_GATEWAY_RSS_MB
+    repeats = measure_repeats(chaos_settings, records)  # no fault: each image processed once
+    print(f"repeats: {repeats.figures()}")
+    assert not (repeats.repeated or repeats.restarted or repeats.never_upserted), repeats
+    await assert_nothing_left(chaos_settings)
 
 
 def png_rgba(width: int, height: int, seed: int, *, last_filter: int = 0, rows: int | None = None) -> bytes:

@@ -1,7 +1,10 @@
 """kill -9 of a server or an actor in the middle of an ingest: every accepted image still reaches done, once.
 
 Each scenario uploads N distinct images through the gateway (clients retry 503s like real clients), injects its
-fault while they are being processed, then checks: N/N done, N vectors in the index, no duplicate, none stuck.
+fault while they are being processed, then checks: N/N done, one document per image in the index, none stuck,
+and repeated work only where the fault struck (images processed more than once at most the jobs in flight at
+the kill); then ``mesh reconcile`` and ``mesh check`` find nothing left behind. Every kill lands on work in
+flight, shown by the killed process's own figures just before it died (tests/chaos/audit.py).
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import (
+    assert_nothing_left,
+    kill_coordinator_holding_jobs,
+    kill_indexer_holding_requests,
+    wait_in_flight,
+    wait_recovered,
+)
 from tests.chaos.conftest import assert_ingest_invariants, pid_of, size, wait_restarted
-from tests.helpers import ops_connection, upload, upload_with_retry, wait_terminal, wait_until
+from tests.helpers import upload, upload_with_retry, wait_terminal, wait_until
 from tests.images import distinct_jpegs
 
 N = size(300, 40)
@@ -56,56 +64,50 @@ async def run_with_fault(
 
     (ids, statuses), figures = await asyncio.gather(upload_all(), inject())
     records = await wait_terminal(gw, ids, timeout_s=300)
-    result: dict[str, object] = dict(assert_ingest_invariants(stack.settings, ids, images, records))
+    windows, at_kill = figures.pop("fault_windows"), figures["jobs_in_flight_at_kill"]
+    assert isinstance(windows, list) and isinstance(at_kill, list)
+    result = assert_ingest_invariants(
+        stack.settings, ids, images, records, fault_windows=windows, jobs_at_fault=sum(at_kill)
+    )
     result.update(figures)
     result["seconds"] = round(time.monotonic() - started, 1)
     result["images_per_s"] = round(N / float(result["seconds"]), 2)  # type: ignore[arg-type]
     result["upload_503s"] = sum(s.count(503) for s in statuses)
     print(f"chaos figures: {result}")
+    result.update(await assert_nothing_left(stack.settings))
     return result
 
 
-# what each actor counts once it has done a piece of the ingest (docs/OPERATIONS.md lists the metrics)
-WORK_DONE = {"coordinator": "mesh_jobs_total", "indexer": "mesh_index_upserts_total"}
-
-
-def work_done(settings: Settings, name: str) -> float:
-    """How much of the ingest the running ``name`` process has done (its counter starts at 0 on a restart)."""
-    port = getattr(settings, f"{name}_http_port")
-    text = httpx.get(f"http://{settings.host}:{port}/metrics", timeout=5).text
-    families = text_string_to_metric_families(text)
-    return sum(s.value for f in families for s in f.samples if s.name == WORK_DONE[name])
-
-
-async def wait_working(stack: Stack, name: str, timeout_s: float = 120) -> None:
-    """Until the restarted ``name`` has done some of the ingest, or no job is left for it to do."""
-    s = stack.settings
-    async with ops_connection(s) as nc:
-        js = nc.jetstream()
-
-        async def working_or_idle() -> bool:
-            if await asyncio.to_thread(work_done, s, name) > 0:
-                return True
-            info = await js.consumer_info(s.stream, s.consumer)
-            return info.num_pending == 0 and info.num_ack_pending == 0
-
-        await wait_until(f"the new {name} at work", working_or_idle, timeout_s, every_s=0.1)
+# each kill waits until the process holds work, and kills it then (tests/chaos/audit.py)
+KILL_HOLDING = {"coordinator": kill_coordinator_holding_jobs, "indexer": kill_indexer_holding_requests}
 
 
 def kill_twice(name: str) -> Fault:
-    """kill -9 ``name``; once supervisord's new process is at work, kill -9 that one too."""
+    """kill -9 ``name`` while it holds work; once supervisord's new process holds work too, kill that one."""
 
     async def fault(stack: Stack, gw: httpx.AsyncClient) -> dict[str, object]:
-        pids = []
-        for kill in range(2):
+        pids: list[int] = []
+        held: list[int] = []
+        in_flight: list[int] = []
+        windows: list[tuple[float, float]] = []
+        for _ in range(2):
             pid = pid_of(stack, name)
-            os.kill(pid, signal.SIGKILL)
+            hit = await KILL_HOLDING[name](stack)
+            killed_at = time.time()
             pids.append(pid)
+            held.append(hit["held"])
+            in_flight.append(hit["in_flight"])
             await wait_restarted(stack, name, pid)  # supervisord restarts it
-            if kill == 0:
-                await wait_working(stack, name)  # so the second kill, too, lands mid-work
+            windows.append((killed_at, await wait_recovered(gw)))
         assert pid_of(stack, name) not in pids
-        return {"killed": f"{name} x2"}
+        print(f"{name} kill -9 x2: held {held} at its deaths; coordinator jobs in flight {in_flight}")
+        assert all(h >= 1 for h in held), f"a {name} died holding no work: {held}"
+        return {
+            "killed": f"{name} x2",
+            "held_at_kill": held,
+            "jobs_in_flight_at_kill": in_flight,
+            "fault_windows": windows,
+        }
 
     return fault
 
@@ -128,8 +130,11 @@ async def _kill_and_hold_down(
     while_down: Callable[[], Coroutine[Any, Any, dict[str, object]]] | None = None,
 ) -> dict[str, object]:
     """kill -9 a server, keep it down (supervisord would restart it at once) for ``down_s`` and until
-    ``while_down`` (a look at what clients see meanwhile) has returned, then start it again."""
+    ``while_down`` (a look at what clients see meanwhile) has returned, then start it again. The kill waits
+    until the coordinator has jobs in flight (their state, delivery and results live in the killed server)."""
+    in_flight = await wait_in_flight(stack.settings)
     os.kill(pid_of(stack, name), signal.SIGKILL)
+    killed_at = time.time()
     stack.stop_service(name)  # hold it down: stops the instance supervisord may have restarted already
     watch = asyncio.create_task(while_down()) if while_down else None
     seen: dict[int, int] = {}
@@ -144,6 +149,7 @@ async def _kill_and_hold_down(
         assert r.status_code in (503, 202, 200), r.text
         await asyncio.sleep(0.5)  # paces the probes over the outage's length
     figures: dict[str, object] = {
+        "jobs_in_flight_at_kill": [in_flight],
         "down_s": down_s,
         "statuses_while_down": seen,
         "ready_503_while_down": ready_503,
@@ -151,6 +157,7 @@ async def _kill_and_hold_down(
     if watch is not None:
         figures.update(await watch)
     stack.start_service(name, timeout_s=120)
+    figures["fault_windows"] = [(killed_at, await wait_recovered(gw))]
     return figures
 
 

@@ -2,7 +2,9 @@
 
 Clients behave like `upload_with_retry` (retry 503s and connection errors with the same bytes). What must hold:
 every accepted upload reaches done, nothing is half-stored (an object without a record, or a record without its
-object), and the same bytes always resolve to one image id.
+object), the same bytes always resolve to one image id, no image is processed twice (these faults hold no job;
+the S3 outage may make the jobs it meets start again), and ``mesh reconcile`` and ``mesh check`` find nothing
+left behind. Each gateway kill lands while the gateway holds uploads (their intents, counted just before).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actors.adapters.object_store import object_key
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left, jobs_in_flight, wait_recovered
 from tests.chaos.conftest import assert_ingest_invariants, pid_of, size, wait_healthy, wait_restarted
 from tests.helpers import s3_client as s3
 from tests.helpers import upload_with_retry, wait_terminal, wait_until
@@ -166,9 +169,11 @@ def stored_keys(settings: Settings) -> set[str]:
     return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 
 
-async def kill_gateway_mid_put(stack: Stack, gateway_pid: int, start_wave: Any, wave_size: int) -> Any:
+async def kill_gateway_mid_put(
+    stack: Stack, gateway_pid: int, start_wave: Any, wave_size: int
+) -> tuple[Any, int]:
     """Start a wave of uploads and kill -9 the gateway at the worst moment, made certain (a random kill hits
-    it only now and then); returns the wave's task.
+    it only now and then); returns the wave's task and how many uploads the gateway held (their intents).
 
     S3 stalls before the wave starts, so its uploads queue up inside their put; Redis stalls; S3 resumes and
     stores their objects, and each of those uploads now waits on its record; the gateway dies there (a crash
@@ -201,7 +206,22 @@ async def kill_gateway_mid_put(stack: Stack, gateway_pid: int, start_wave: Any, 
             os.kill(redis_pid, signal.SIGCONT)
     finally:
         os.kill(s3_pid, signal.SIGCONT)
-    return task
+    return task, len(in_put)
+
+
+async def kill_gateway_holding_uploads(settings: Settings, gateway_pid: int, earlier: set[str]) -> int:
+    """kill -9 the gateway once it holds an upload of the wave between its intent and its record (intents not
+    in ``earlier``); returns how many it held, read just before."""
+    held: set[str] = set()
+
+    async def holding() -> bool:
+        nonlocal held
+        held = await asyncio.to_thread(upload_intents, settings) - earlier
+        return bool(held)
+
+    await wait_until("an upload inside the gateway (intent noted, not yet recorded)", holding, 120, 0.01)
+    os.kill(gateway_pid, signal.SIGKILL)
+    return len(held)
 
 
 async def test_gateway_kill_9_during_uploads(
@@ -221,25 +241,22 @@ async def test_gateway_kill_9_during_uploads(
     run = Run()
     pids = [pid_of(chaos_mesh, "gateway")]
     ids_by_wave: list[list[str]] = []
+    held: list[int] = []
     for k, wave in enumerate(waves):
         wave_run = Run()
+        earlier = await asyncio.to_thread(upload_intents, s)
 
         def start_wave(wave: list[bytes] = wave, wave_run: Run = wave_run) -> asyncio.Task[list[str]]:
             return asyncio.create_task(upload_all(gw, wave, wave_run, concurrency=16))
 
         worst = k == kills - 1
         if k < kills and worst:
-            task = await kill_gateway_mid_put(chaos_mesh, pids[-1], start_wave, len(wave))
+            task, n = await kill_gateway_mid_put(chaos_mesh, pids[-1], start_wave, len(wave))
+            held.append(n)
         elif k < kills:
             task = start_wave()
-
-            # mid-wave: its first upload answered (the gateway interleaves a wave, so its answers come in a
-            # burst), the others in flight at every stage of accept_upload
-            def first_accepted(w: Run = wave_run) -> bool:
-                return w.accepted >= 1
-
-            await wait_until("uploads accepted", first_accepted, 120, every_s=0.05)
-            os.kill(pids[-1], signal.SIGKILL)
+            # mid-wave: the others in flight at every stage of accept_upload (the gateway interleaves a wave)
+            held.append(await kill_gateway_holding_uploads(s, pids[-1], earlier))
         else:
             task = start_wave()
         if k < kills:
@@ -247,7 +264,7 @@ async def test_gateway_kill_9_during_uploads(
             pids.append(await wait_restarted(chaos_mesh, "gateway", pids[-1], timeout_s=90))
             print(
                 f"\ngateway kill -9 #{k + 1}{' (mid-put, Redis stalled)' if worst else ''} at {killed_at}/"
-                f"{len(wave)} of its wave accepted: pid {pids[-2]} -> {pids[-1]}"
+                f"{len(wave)} of its wave accepted, {held[-1]} uploads inside it: pid {pids[-2]} -> {pids[-1]}"
             )
         ids_by_wave.append(await asyncio.wait_for(task, timeout=300))
         run.statuses += wave_run.statuses
@@ -259,14 +276,19 @@ async def test_gateway_kill_9_during_uploads(
     images, all_ids = before + during, early.ids + ids
     resent = await assert_duplicates_resolve(gw, images, all_ids)
     records = await wait_terminal(gw, all_ids, timeout_s=size(600, 180))
-    print(f"gateway kill figures: restarts={len(pids) - 1} {run.figures()} duplicates_resent={resent}")
+    print(
+        f"gateway kill figures: restarts={len(pids) - 1} {run.figures()} duplicates_resent={resent} "
+        f"uploads_held_at_kills={held}"
+    )
     assert len(set(pids)) == kills + 1, f"supervisord did not restart the gateway: {pids}"
+    assert all(n >= 1 for n in held), f"a gateway died holding no upload: {held}"
     assert run.statuses.count(0) > 0, "no upload was interrupted: the kill did not land mid-ingest"
     assert_ingest_invariants(s, all_ids, images, records)
     # an object stored by a gateway that died before recording it is removed by the survivors' sweep
     # (gateway/intents.py) within a few seconds of the dead one's last heartbeat
     await wait_until("orphaned objects swept", lambda: not orphans(s, since), 30, every_s=0.05)
     assert_nothing_half_stored(s, since, images)
+    await assert_nothing_left(s)
 
 
 # --- (b) the config actor ---------------------------------------------------------------------------------
@@ -311,6 +333,7 @@ async def test_config_actor_kill_9_mesh_runs_on_cached_config(
     late_ids = await upload_all(gw, after, late)
     late_records = await wait_terminal(gw, late_ids, timeout_s=120)
     assert all(r["status"] == "done" for r in late_records.values()), late_records
+    await assert_nothing_left(s)
 
 
 # --- (c) the S3 server ------------------------------------------------------------------------------------
@@ -325,7 +348,8 @@ async def test_s3_restart_during_ingest(
     runs = Run(), Run()
     part1 = asyncio.create_task(upload_all(gw, first, runs[0], concurrency=4))
     await wait_until("uploads accepted", lambda: runs[0].accepted >= len(first) // 4, 120, every_s=0.05)
-    stopped_at = time.monotonic()
+    in_flight = [await asyncio.to_thread(jobs_in_flight, s)]
+    stopped_at, window_start = time.monotonic(), time.time()
     await asyncio.to_thread(chaos_mesh.stop_service, "s3")
     try:
         # the rest of the ingest starts while S3 is down: each of its uploads meets the outage
@@ -333,9 +357,10 @@ async def test_s3_restart_during_ingest(
         await asyncio.sleep(down_s)
         assert runs[1].accepted == 0, "an upload was accepted while S3 was down"
     finally:
+        in_flight.append(await asyncio.to_thread(jobs_in_flight, s))
         restart_at = time.monotonic()
         await asyncio.to_thread(chaos_mesh.start_service, "s3")
-    back_at = time.monotonic()
+    back_at, window_end = time.monotonic(), await wait_recovered(gw)
     ids1 = await asyncio.wait_for(part1, timeout=300)
     ids2 = await asyncio.wait_for(part2, timeout=300)
     images, ids = first + second, ids1 + ids2
@@ -351,6 +376,7 @@ async def test_s3_restart_during_ingest(
         "done": sum(r["status"] == "done" for r in records.values()),
         "s3_down_s": round(back_at - stopped_at, 1),
         "s3_restart_s": round(back_at - restart_at, 1),
+        "jobs_in_flight_at_stop_and_restart": in_flight,
     }
     print(f"\ns3 restart figures: {figures}")
     assert figures["503s"] > 0, "no upload met the outage"
@@ -360,4 +386,7 @@ async def test_s3_restart_during_ingest(
     for data, image_id in zip(images, ids, strict=True):
         body = client.get_object(Bucket=s.s3_bucket, Key=object_key(image_id))["Body"].read()
         assert body == data, f"object of {image_id} does not hold the accepted bytes"
-    assert_ingest_invariants(s, ids, images, records)
+    assert_ingest_invariants(
+        s, ids, images, records, fault_windows=[(window_start, window_end)], jobs_at_fault=sum(in_flight)
+    )
+    await assert_nothing_left(s)

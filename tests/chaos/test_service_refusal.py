@@ -45,6 +45,7 @@ from actors.errors import RetryableError, ServiceUnavailable
 from actors.settings import Settings
 from ops.stack.privileges import SERVICE_USERS
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left
 from tests.chaos.conftest import MODEL, index_ids
 from tests.helpers import TERMINAL, ops_connection, upload_id, wait_consumer_idle, wait_status
 from tests.images import distinct_jpegs
@@ -262,3 +263,4 @@ async def test_indexer_login_refused_jobs_wait_in_place_then_finish(
             assert chaos_mesh.pids()[INDEXER] == indexer_pid
     figures["wall_s"] = round(time.monotonic() - started, 1)
     print(f"\nindexer login refused: {figures}")
+    await assert_nothing_left(s)

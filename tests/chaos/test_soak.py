@@ -1,4 +1,5 @@
-"""Soak: 16 uploaders at saturation for minutes, no errors, and no process's memory keeps growing.
+"""Soak: 16 uploaders at saturation for minutes, no errors, every image processed once, and no process's
+memory keeps growing.
 
 Each uploader is a closed loop (upload a new image, now and then the bytes of one it already sent, then wait for
 its image to be done), so the mesh runs at its own throughput for the whole time and the backlog never grows
@@ -17,6 +18,7 @@ import httpx
 
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left
 from tests.chaos.conftest import assert_ingest_invariants, size
 from tests.helpers import TERMINAL, upload, wait_status, wait_terminal
 from tests.images import distinct_jpegs
@@ -153,5 +155,6 @@ async def test_soak_no_errors_and_flat_memory(
     assert not tally.errors, tally.errors[:10]
     assert len(tally.ids) >= UPLOADERS * 3, "the soak did too little work to mean anything"
     records = await wait_terminal(gw, tally.ids, timeout_s=120)
-    assert_ingest_invariants(chaos_settings, tally.ids, tally.images, records)
+    assert_ingest_invariants(chaos_settings, tally.ids, tally.images, records)  # no fault: no repeat
     assert all(g < MAX_GROWTH for g in growth.values()), {n: f"{g:+.1%}" for n, g in growth.items()}
+    await assert_nothing_left(chaos_settings)

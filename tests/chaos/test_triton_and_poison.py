@@ -15,6 +15,7 @@ from actors.adapters.object_store import ObjectStore
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.chaos.audit import assert_nothing_left, done_entries, jobs_in_flight, wait_recovered
 from tests.chaos.conftest import assert_ingest_invariants, ingest, size
 from tests.chaos.test_kills import N
 from tests.helpers import upload_with_retry, wait_terminal
@@ -26,6 +27,8 @@ async def test_triton_down_mid_ingest_nothing_errors(chaos_mesh: Stack, gw: http
     down_s = size(30, 8)
     images = distinct_jpegs(N, seed=50_005)
     first, _ = await ingest(gw, images[:5])
+    in_flight = [await asyncio.to_thread(jobs_in_flight, chaos_mesh.settings)]
+    stopped_at = time.time()
     chaos_mesh.stop_service("triton")
     try:
         t0 = time.monotonic()
@@ -36,12 +39,17 @@ async def test_triton_down_mid_ingest_nothing_errors(chaos_mesh: Stack, gw: http
         assert status["servers"]["triton"] == "down", status
         await asyncio.sleep(max(0.0, down_s - (time.monotonic() - t0)))
     finally:
+        in_flight.append(await asyncio.to_thread(jobs_in_flight, chaos_mesh.settings))
         chaos_mesh.start_service("triton", timeout_s=180)
+    window = (stopped_at, await wait_recovered(gw))
     ids = first + during
     records = await wait_terminal(gw, ids, timeout_s=300)
-    figures = assert_ingest_invariants(chaos_mesh.settings, ids, images, records)
-    print(f"triton down {down_s}s: {figures}")
+    figures = assert_ingest_invariants(
+        chaos_mesh.settings, ids, images, records, fault_windows=[window], jobs_at_fault=sum(in_flight)
+    )
+    print(f"triton down {down_s}s: {figures}; jobs in flight at the stop and the restart {in_flight}")
     assert not [i for i in ids if records[i]["status"] == "error"]
+    await assert_nothing_left(chaos_mesh.settings)
 
 
 @pytest.mark.timeout(600)
@@ -90,12 +98,15 @@ async def test_poison_job_is_dead_lettered_and_replayed(chaos_mesh: Stack, gw: h
             hashlib.sha256((await gw.get(f"/images/{image_id}/content")).content).hexdigest()
             == record["sha256"]
         )
+        # three failed deliveries and a replay: processed to done once
+        assert done_entries(records[image_id]["history"]) == 1, records[image_id]["history"]
     finally:
         await config.set("max_deliver", before.max_deliver)
         await sub.unsubscribe()
         await nc.close()
         if chaos_mesh.health()["coordinator"] is not None:
             chaos_mesh.start_service("coordinator")
+    await assert_nothing_left(s)  # the dead letter and the replay leave nothing behind
 
 
 def _env(s: Settings) -> dict[str, str]:
