@@ -79,6 +79,7 @@ class Coordinator:
     ) -> None:
         self.settings = settings
         self.js = js
+        self.jobs = JobQueue(js)  # dead letters
         self.pipeline = pipeline
         self.config = config
         self.outage = outage
@@ -199,11 +200,7 @@ class Coordinator:
         code, reason = decision.code, decision.reason
         try:
             await self.pipeline.fail(job, code, reason)
-            dead = DeadLetter(job=job, code=code, reason=reason, deliveries=delivered)
-            msg_id = f"dead:{contract.job_msg_id(job.image_id, job.attempt)}"
-            await self.js.publish(
-                contract.DEAD_SUBJECT, contract.encode(dead), headers={contract.MSG_ID_HEADER: msg_id}
-            )
+            await self.jobs.dead_letter(DeadLetter(job=job, code=code, reason=reason, deliveries=delivered))
         except (MeshError, *NATS_ERRORS) as e:  # could not record it: let JetStream deliver it again later
             log.warning("job.give_up_failed", image_id=job.image_id, error=str(e))
             await _settle(msg.nak(delay=GIVE_UP_RETRY_S), "nak")

@@ -18,12 +18,10 @@ import structlog
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from actors import contract
 from actors.adapters.job_queue import JobQueue, Published, job_for
 from actors.contract import Cause, DeadLetter, ErrorInfo, ImageRecord, Status
-from actors.errors import RetryableError
 from actors.reconcile_rules import STUCK_CODE, Kind, Policy, age_s, republish_attempt
-from actors.reconcile_scan import NATS_ERRORS, Finding
+from actors.reconcile_scan import Finding
 from actors.recorder import Provenance, Recorder
 from actors.workflow import metadata_tags
 
@@ -143,13 +141,7 @@ class Repairer:
         )
         job = job_for(rec, cause=Cause.RECONCILE)
         dead = DeadLetter(job=job, code=STUCK_CODE, reason=reason, deliveries=0)
-        msg_id = f"dead:{contract.job_msg_id(job.image_id, job.attempt)}"
-        try:
-            await self.js.publish(
-                contract.DEAD_SUBJECT, contract.encode(dead), headers={contract.MSG_ID_HEADER: msg_id}
-            )
-        except NATS_ERRORS as e:
-            raise RetryableError(f"dead letter not stored: {e}") from e
+        await self.queue.dead_letter(dead)  # RetryableError when not stored: the next pass tries again
         await self.recorder.transition(
             rec.image_id,
             Status.ERROR,

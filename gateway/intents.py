@@ -23,6 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.redis_errors import redis_errors
 from actors.adapters.upload_intents import ALIVE_TTL_S, alive_key, dead_intents, image_id_of, intents_key
 from actors.adapters.workflow_store import WorkflowStore
 from actors.errors import RetryableError
@@ -49,10 +50,8 @@ class UploadIntents:
 
     async def begin(self, object_key: str) -> None:
         """Before the object is stored: if this process dies now, a sweep removes the object."""
-        try:
+        with redis_errors("upload intent", permission_is_outage=True):
             await self._redis.hset(self._hash, object_key, self.instance)
-        except RedisError as e:
-            raise RetryableError(f"workflow store unavailable: {e}") from e
 
     async def end(self, object_key: str) -> None:
         """The record exists (or the upload was undone): the object is no longer at risk."""

@@ -2,7 +2,8 @@
 de-duplication id (``Nats-Msg-Id``) and acknowledged before the caller goes on.
 
 Every publisher of work uses this one adapter: the gateway (a new upload, or healing a pending record), the
-coordinator's replay, and the model switch's background re-embeds. A publish that JetStream did not acknowledge
+coordinator's replay, the model switch's background re-embeds and the reconciler; and every dead letter (the
+coordinator giving a job up, the reconciler settling a stuck one) goes through ``dead_letter``. A publish that JetStream did not acknowledge
 raises ``RetryableError``: the job was not stored, whatever the reason, and the caller decides what to undo.
 A publish returns where JetStream stored the job (``Published``): its stream sequence, kept in the record as
 ``job_seq`` (the reconciler and ``mesh check`` look the job up by it), and whether it was a dropped repeat.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from actors import contract
-from actors.contract import Cause, ImageRecord, ProcessJob
+from actors.contract import Cause, DeadLetter, ImageRecord, ProcessJob
 from actors.errors import RetryableError
 
 PUBLISH_TIMEOUT_S = 5.0
@@ -84,3 +85,17 @@ class JobQueue:
     ) -> Published:
         """Build the record's job (see ``job_for``) and publish it."""
         return await self.publish(job_for(rec, attempt=attempt, models=models, cause=cause), msg_id=msg_id)
+
+    async def dead_letter(self, dead: DeadLetter) -> None:
+        """Store a job that was given up on ``contract.DEAD_SUBJECT`` (in the same stream, so operators can
+        replay it), once per (image, attempt): a repeat is dropped by its ``Nats-Msg-Id``."""
+        msg_id = f"dead:{contract.job_msg_id(dead.job.image_id, dead.job.attempt)}"
+        try:
+            await self.js.publish(
+                contract.DEAD_SUBJECT,
+                contract.encode(dead),
+                timeout=self.timeout_s,
+                headers={contract.MSG_ID_HEADER: msg_id},
+            )
+        except Exception as e:  # broad on purpose: no acknowledgement means not stored, whatever the reason
+            raise RetryableError(f"dead letter not stored: {type(e).__name__}: {e}") from e
