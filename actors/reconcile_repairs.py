@@ -23,7 +23,7 @@ from actors.contract import Cause, DeadLetter, ErrorInfo, ImageRecord, Status
 from actors.reconcile_rules import STUCK_CODE, Kind, Policy, age_s, republish_attempt
 from actors.reconcile_scan import Finding
 from actors.recorder import Provenance, Recorder
-from actors.workflow import metadata_tags
+from actors.workflow import VectorIndex, metadata_tags
 
 log = structlog.get_logger("reconcile")
 
@@ -37,15 +37,9 @@ class RepairStore(Protocol):
     async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None: ...
 
 
-class Index(Protocol):
-    async def upsert(
-        self,
-        model: str,
-        image_id: str,
-        vector: np.ndarray,
-        tags: dict[str, str] | None = None,
-        trace_id: str = "",
-    ) -> Any: ...
+class Index(VectorIndex, Protocol):
+    """The indexer as the pipeline writes to it, plus deletes."""
+
     async def delete(self, image_id: str, model: str | None = None) -> int: ...
 
 
