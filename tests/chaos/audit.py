@@ -9,7 +9,9 @@ outlive a kill -9 of the indexer (supervisord appends every process's lines to o
 as it is written). ``upsert_counters`` reads the counters themselves, summed over indexer processes, where
 no indexer restarts. Work started again without being finished twice (a job redelivered after its coordinator
 died before the upsert, or retried in place after an outage: a second ``processing`` entry) is counted apart
-as ``restarted``. A fault-free ingest repeats and restarts nothing. Under a fault (the bounds are asserted by
+as ``restarted``. A fault-free ingest repeats and restarts nothing, except where a request of the job timed
+out on a loaded machine (the coordinator logs the timeout it waits out: ``slow_answers``; the figures count
+these repeats apart, as ``repeats_after_timeout``). Under a fault (the bounds are asserted by
 ``assert_ingest_invariants``) an image may be processed more than once only if it was among the jobs the
 coordinator held when the fault struck (``mesh_jobs_in_flight`` read at that moment), and restarted only if
 it was in flight while the fault lasted (accepted before the mesh said it had recovered, ``wait_recovered``,
@@ -35,8 +37,9 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from math import inf
 from typing import Any
 
@@ -58,6 +61,9 @@ MODEL = "efficientnet_lite0"
 # definition of "not work in flight" (``mesh check --grace``), and anything older than it is left behind.
 AUDIT_GRACE_S = 2.0
 UPSERTED = "index.upserted"
+WAITED = "job.waiting_for_dependency"  # the coordinator's log events (actors/outage.py, coordinator.py)
+RETRIED = "job.retry"
+FAULT_ECHO_S = 30.0  # after a fault, requests sent during it may still time out (the coordinator's ack_wait)
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
@@ -266,27 +272,48 @@ def done_entries(history: Iterable[Mapping[str, Any]]) -> int:
     return entries(history, "done")
 
 
-def logged_upserts(settings: Settings, ids: Collection[str], model: str = MODEL) -> dict[str, list[bool]]:
-    """Image id -> the ``created`` flag of each upsert of its vector that any indexer process logged
-    (``indexer.log`` of every process supervisord ran, its rotated copies, replicas' ``indexer-*.log``)."""
+def logged_events(
+    settings: Settings, pattern: str, event: str, ids: Collection[str]
+) -> Iterator[dict[str, Any]]:
+    """Each JSON line of ``event`` about one of ``ids`` in the logs matching ``pattern`` (the log of every
+    process supervisord ran under that name, its rotated copies, replicas' logs)."""
     wanted = set(ids)
-    out: dict[str, list[bool]] = {}
-    for path in sorted(settings.log_dir.glob("indexer*.log*")):
+    for path in sorted(settings.log_dir.glob(pattern)):
         for line in path.read_text(errors="replace").splitlines():
-            if UPSERTED not in line:
+            if event not in line:
                 continue
             try:
                 entry = json.loads(line)
-            except (
-                ValueError
-            ):  # a line cut by a kill -9 mid-write: the upsert it logged is lost from the count
+            except ValueError:  # a line cut by a kill -9 mid-write: what it logged is lost from the count
                 continue
-            if (
-                entry.get("event") == UPSERTED
-                and entry.get("model") == model
-                and entry.get("image_id") in wanted
-            ):
-                out.setdefault(entry["image_id"], []).append(bool(entry.get("created")))
+            if entry.get("event") == event and entry.get("image_id") in wanted:
+                yield entry
+
+
+def logged_upserts(settings: Settings, ids: Collection[str], model: str = MODEL) -> dict[str, list[bool]]:
+    """Image id -> the ``created`` flag of each upsert of its vector that any indexer process logged."""
+    out: dict[str, list[bool]] = {}
+    for entry in logged_events(settings, "indexer*.log*", UPSERTED, ids):
+        if entry.get("model") == model:
+            out.setdefault(entry["image_id"], []).append(bool(entry.get("created")))
+    return out
+
+
+def slow_answers(
+    settings: Settings, ids: Collection[str], fault_windows: Iterable[tuple[float, float]] = ()
+) -> dict[str, list[str]]:
+    """Image id -> each request of its job that timed out outside every fault window, as the coordinator
+    logged it when it waited the timeout out in place (or retried the job): a dependency that answered too
+    slowly on a loaded machine, which the mesh meets by doing the work again. A window's timeouts count from
+    its start until ``FAULT_ECHO_S`` after its end (requests sent during the fault time out later)."""
+    spans = [(start, end + FAULT_ECHO_S) for start, end in fault_windows]
+    out: dict[str, list[str]] = {}
+    for event in (WAITED, RETRIED):
+        for entry in logged_events(settings, "coordinator*.log*", event, ids):
+            error = str(entry.get("error", ""))
+            at = datetime.fromisoformat(str(entry.get("timestamp"))).timestamp()
+            if "timed out" in error and not any(start <= at <= end for start, end in spans):
+                out.setdefault(entry["image_id"], []).append(error)
     return out
 
 
