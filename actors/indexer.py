@@ -36,6 +36,7 @@ from actors.runtime import ActorProcess, typed
 from actors.settings import Settings
 
 log = structlog.get_logger("indexer")
+MAX_PAIRS_PER_IMAGE = 50  # index.groups gives up past this many near pairs per indexed image, on average
 
 # Redis-side latency per model (the runtime's mesh_service_request_seconds also counts decoding and NATS)
 UPSERT_SECONDS = Histogram("mesh_index_upsert_seconds", "Vector upsert latency in Redis", ["model"])
@@ -110,7 +111,10 @@ class Indexer:
         """Near-duplicate groups of the model's index, one page of them.
 
         Cost, on every call: a SCAN of the model's keys, one HGET per image and one ``VECTOR_RANGE`` query per
-        image (pipelined, 100 at a time), so O(N) Redis work for N images; refused above ``max_images``.
+        image (pipelined, 100 at a time), so O(N) Redis work for N images; refused above ``max_images``, and
+        refused part-way (``too_many_pairs``) once the pairs found pass ``MAX_PAIRS_PER_IMAGE`` per image: at
+        a cut that low nearly everything is near everything, and the answer would cost O(N²) (2,000 images
+        at cosine 0.01: 1.5 million pairs, 35 s of the indexer on this machine).
         """
         if not 0 < req.threshold <= 1:
             raise PermanentError("threshold must be > 0 and <= 1", code="bad_threshold")
@@ -124,7 +128,9 @@ class Indexer:
                 code="too_many_images",
             )
         vectors = await self.index.vectors(req.model, ids)
-        near = await self.index.neighbors(req.model, vectors, req.threshold, req.max_neighbors)
+        near = await self.index.neighbors(
+            req.model, vectors, req.threshold, req.max_neighbors, max_hits=MAX_PAIRS_PER_IMAGE * len(ids)
+        )
         edges = [(a, hit.image_id) for a, hits in near.items() for hit in hits]
         groups = duplicates.connected_components(vectors, edges)
         chunk, next_cursor = duplicates.page(groups, req.cursor, req.limit)

@@ -160,7 +160,10 @@ async def image_duplicates(
 @router.get(
     "/duplicates",
     responses={
-        400: {"description": "bad parameter, or the index is over the indexer's max_images (20000)"},
+        400: {
+            "description": "bad parameter, the index over the indexer's max_images (20000), or a threshold so "
+            "low that the images have more than 50 near pairs each on average (`too_many_pairs`)"
+        },
         503: _R503,
     },
 )
@@ -177,7 +180,8 @@ async def duplicate_groups(
     A group is a connected component of the graph "cosine >= threshold" (two images can share a group
     through a third). Groups of two or more, each sorted, ordered by their smallest id; `next_cursor` is null
     on the last page. Cost: every call scans the whole index in the indexer (one range query per image,
-    pipelined), O(N) Redis work; refused above 20000 images.
+    pipelined), O(N) Redis work; refused above 20000 images, and at a threshold so low that the images have
+    more than 50 near pairs each on average (`too_many_pairs`: nearly everything is near everything).
     """
     cfg = await svc.config.get()
     cut = threshold if threshold is not None else cfg.near_duplicate_threshold

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from actors.adapters.vector_index import VectorIndex, as_vector
+from actors.adapters.vector_index.adapter import TooManyNeighbors
 from actors.errors import PermanentError, RetryableError
 from actors.settings import Settings
 from tests.conftest import free_port
@@ -211,3 +212,20 @@ async def test_recall_at_10_on_structured_vectors(index: VectorIndex) -> None:
     print(f"recall@10: ef_runtime=200 {at_200:.3f}, ef_runtime=10 {at_10:.3f}")
     assert at_200 >= 0.95
     assert at_10 < 0.9
+
+
+async def test_a_neighbor_search_past_its_budget_is_refused_part_way(index: VectorIndex) -> None:
+    """At a cut where every image is near every other, the search stops once it passes ``max_hits`` (one
+    batch here) instead of gathering every pair, and says why; under the budget it answers in full."""
+    rng = np.random.default_rng(7)
+    data = unit(structured(250, 32, rng, clusters=3))
+    await load(index, "m", data)
+    vectors = await index.vectors("m", await index.image_ids("m"))
+
+    with pytest.raises(TooManyNeighbors) as refused:
+        await index.neighbors("m", vectors, -1.0, limit=1000, batch=100, max_hits=50 * 250)
+    assert refused.value.code == "too_many_pairs"
+    assert "after 100 of 250 images" in str(refused.value)  # 100 x 249 pairs > 12,500: the first batch
+
+    near = await index.neighbors("m", vectors, 0.999, limit=1000, max_hits=50 * 250)
+    assert set(near) == set(vectors)  # a real cut: every image answered

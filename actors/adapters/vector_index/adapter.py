@@ -35,6 +35,10 @@ from actors.contract import Hit
 from actors.errors import PermanentError
 
 
+class TooManyNeighbors(PermanentError):
+    """A neighbor search that would return most of the index for every image: refused, not computed."""
+
+
 class VectorIndex(IndexCatalog):
     """Per-model vector indexes in Redis, their documents and queries; an async context manager."""
 
@@ -189,14 +193,37 @@ class VectorIndex(IndexCatalog):
         return page_of_hits(res.docs, offset, k)
 
     async def neighbors(
-        self, model: str, vectors: Mapping[str, np.ndarray], min_score: float, limit: int, batch: int = 100
+        self,
+        model: str,
+        vectors: Mapping[str, np.ndarray],
+        min_score: float,
+        limit: int,
+        batch: int = 100,
+        max_hits: int | None = None,
     ) -> dict[str, list[Hit]]:
-        """For each image, the others at least ``min_score`` similar (range queries, pipelined in batches)."""
+        """For each image, the others at least ``min_score`` similar (range queries, pipelined in batches).
+
+        ``max_hits``: stop once the batches so far found more hits in all, and raise ``TooManyNeighbors``
+        (a cut so low that most of the index is near everything: the full answer would cost O(N²)).
+        """
         known = await self._index(model)
         if known is None or not vectors:
             return {}
         ids = list(vectors)
-        queries = [range_query(vectors[i], limit, min_score, exclude_id=i) for i in ids]
-        with redis_errors("neighbors"):
-            rows = await known.index.batch_query(queries, batch_size=batch)
-        return {image_id: row_hits(hits) for image_id, hits in zip(ids, rows, strict=True)}
+        out: dict[str, list[Hit]] = {}
+        found = 0
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            queries = [range_query(vectors[i], limit, min_score, exclude_id=i) for i in chunk]
+            with redis_errors("neighbors"):
+                rows = await known.index.batch_query(queries, batch_size=batch)
+            for image_id, hits in zip(chunk, rows, strict=True):
+                out[image_id] = row_hits(hits)
+                found += len(out[image_id])
+            if max_hits is not None and found > max_hits:
+                raise TooManyNeighbors(
+                    f"more than {max_hits} pairs at cosine >= {min_score} after {start + len(chunk)} of "
+                    f"{len(ids)} images: raise the threshold",
+                    code="too_many_pairs",
+                )
+        return out
