@@ -247,7 +247,9 @@ async def test_gateway_kill_9_during_uploads(
         earlier = await asyncio.to_thread(upload_intents, s)
 
         def start_wave(wave: list[bytes] = wave, wave_run: Run = wave_run) -> asyncio.Task[list[str]]:
-            return asyncio.create_task(upload_all(gw, wave, wave_run, concurrency=16))
+            # one client per upload of the wave: all of them can be inside the gateway at once (the mid-put
+            # kill waits for every one of them in its S3 put)
+            return asyncio.create_task(upload_all(gw, wave, wave_run, concurrency=len(wave)))
 
         worst = k == kills - 1
         if k < kills and worst:
