@@ -1,6 +1,7 @@
 """Embedder: pixels or text to unit vectors, with models served by Triton (gRPC, ``tritonclient.grpc.aio``).
 
-One image (or text) per request: Triton's dynamic batcher forms the batches on the server. What a model needs
+Concurrent image embeddings of one model go to Triton together, as one batched request
+(``embed_batching.Coalescer``, no added wait); texts go one per request, batched by Triton's dynamic batcher. What a model needs
 (its preprocessing, tensor names, output dimension) is read once from Triton's model config and cached, so the
 model's repository is the only place it is written down (docs/MODELS.md).
 
@@ -12,6 +13,7 @@ subclasses of :class:`EmbedderException`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
@@ -21,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
 from tritonclient.grpc import aio as triton
 
+from actors.adapters.embed_batching import Coalescer
 from actors.contract import PreprocessSpec
 from actors.errors import MeshError, PermanentError, RetryableError
 from actors.settings import Settings
@@ -133,6 +136,7 @@ class Embedder:
         self.backoff_s = backoff_s
         self._client: triton.InferenceServerClient | None = None
         self._models: dict[str, ModelInfo] = {}
+        self._coalescers: dict[str, Coalescer] = {}
 
     @classmethod
     def from_settings(cls, s: Settings) -> Embedder:
@@ -212,13 +216,29 @@ class Embedder:
             raise EmbedderError(f"model {model} is a text model: it has no image preprocessing", model=model)
         return info.spec
 
-    async def _infer(self, info: ModelInfo, inp: InferInput) -> np.ndarray:
+    async def _infer(self, info: ModelInfo, inp: InferInput, rows: int = 1) -> np.ndarray:
+        """The ``float32 [rows, dim]`` embeddings of one request of ``rows`` inputs."""
         out = [InferRequestedOutput(EMBEDDING_OUTPUT)]
         result = await self._call("infer", info.name, self.client.infer, info.name, [inp], outputs=out)
-        vector = result.as_numpy(EMBEDDING_OUTPUT)
-        if vector is None or vector.shape != (1, info.dim):
+        vectors = result.as_numpy(EMBEDDING_OUTPUT)
+        if vectors is None or vectors.shape != (rows, info.dim):
             raise EmbedderError(f"model {info.name} returned an unexpected output", model=info.name)
-        return np.asarray(vector[0], dtype=np.float32)
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def _embed_images(self, info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
+        """One request for a stack of images (``uint8 [N, H, W, 3]``, N at most the model's batch size)."""
+        inp = InferInput(IMAGE_INPUT, list(pixels.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(pixels))
+        return await self._infer(info, inp, rows=len(pixels))
+
+    def _coalescer(self, info: ModelInfo) -> Coalescer:
+        coalescer = self._coalescers.get(info.name)
+        if coalescer is None:
+            coalescer = Coalescer(
+                info.name, partial(self._embed_images, info), max_batch=max(1, info.max_batch_size)
+            )
+            self._coalescers[info.name] = coalescer
+        return coalescer
 
     async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray:
         """The unit ``float32 [dim]`` embedding of one image: ``uint8 [H, W, 3]`` from ``to_pixels``."""
@@ -230,9 +250,7 @@ class Embedder:
                 f"model {model} takes uint8 {list(info.spec.shape)}, got {pixels.dtype} {list(pixels.shape)}",
                 model=model,
             )
-        inp = InferInput(IMAGE_INPUT, [1, *pixels.shape], "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(pixels)[None])
-        return await self._infer(info, inp)
+        return await self._coalescer(info).embed(pixels)
 
     async def embed_text(self, model: str, text: str) -> np.ndarray:
         """The unit ``float32 [dim]`` embedding of one text (tokenized inside the model)."""
@@ -241,4 +259,4 @@ class Embedder:
             raise EmbedderError(f"model {model} does not take text", model=model)
         inp = InferInput(TEXT_INPUT, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
-        return await self._infer(info, inp)
+        return (await self._infer(info, inp))[0]
