@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -33,6 +32,7 @@ from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
 from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.redis_client import redis_client
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import (
@@ -281,7 +281,7 @@ async def main(settings: Settings) -> None:
             settings, user="coordinator"
         )  # read-only here: which images the new index holds
         stack.push_async_callback(vectors.close)
-        switch_redis = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+        switch_redis = redis_client(redis_url)
         stack.push_async_callback(switch_redis.aclose)
         objects = await stack.enter_async_context(ObjectStore(settings, identity="coordinator"))
         pipeline = Pipeline(

@@ -15,7 +15,6 @@ when no gateway runs to sweep them, and intents whose upload finished but whose 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 import redis.asyncio as aioredis
@@ -23,6 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import redis_errors
 from actors.adapters.upload_intents import ALIVE_TTL_S, alive_key, dead_intents, image_id_of, intents_key
 from actors.adapters.workflow_store import WorkflowStore
@@ -39,10 +39,9 @@ class UploadIntents:
 
     def __init__(self, url: str, prefix: str, *, redis: aioredis.Redis | None = None) -> None:
         self.instance = uuid.uuid4().hex
-        self._redis: aioredis.Redis = redis or aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=3
-        )
+        self._redis: aioredis.Redis = redis or redis_client(url)
         self._hash = intents_key(prefix)
+        self._unended: set[str] = set()  # intents whose removal found Redis down: removed by ``run``
         self._alive = alive_key(prefix, "")
 
     async def close(self) -> None:
@@ -54,15 +53,26 @@ class UploadIntents:
             await self._redis.hset(self._hash, object_key, self.instance)
 
     async def end(self, object_key: str) -> None:
-        """The record exists (or the upload was undone): the object is no longer at risk."""
-        with contextlib.suppress(RedisError):
+        """The record exists (or the upload was undone): the object is no longer at risk. If Redis does not
+        answer, the intent is removed by a later round of ``run`` (a live gateway's intents are never swept)."""
+        try:
             await self._redis.hdel(self._hash, object_key)
+        except RedisError:
+            self._unended.add(object_key)
+
+    async def _end_unended(self) -> None:
+        """Remove the intents whose ``end`` found Redis down."""
+        if self._unended:
+            keys = sorted(self._unended)
+            await self._redis.hdel(self._hash, *keys)
+            self._unended.difference_update(keys)
 
     async def run(self, store: WorkflowStore, objects: ObjectStore) -> None:
         """Heartbeat and sweep forever (a task of the gateway's lifespan)."""
         while True:
             try:
                 await self._redis.set(self._alive + self.instance, b"1", ex=ALIVE_TTL_S)
+                await self._end_unended()
                 await self.sweep(store, objects)
             except (RedisError, RetryableError) as e:  # Redis or S3 down: try again next round
                 log.info("upload.sweep_deferred", error=str(e))

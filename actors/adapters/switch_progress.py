@@ -19,6 +19,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
+from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import maps_redis_errors
 from actors.contract import MeshConfig
 
@@ -88,7 +89,7 @@ class SwitchProgress:
     @classmethod
     def from_url(cls, url: str, prefix: str) -> SwitchProgress:
         """A short-lived store for operator routes (not the hot path): its own client, quick timeouts."""
-        client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        client = redis_client(url)
         return cls(client, prefix, owns_client=True)
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import redis_errors
 from actors.contract import Cause, ImageRecord, Status
 
@@ -88,9 +89,7 @@ class WorkflowStore:
     """Image records in Redis. Outages and permission refusals surface as ``RetryableError``."""
 
     def __init__(self, url: str, prefix: str = "mesh") -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=3, decode_responses=False
-        )
+        self._redis: aioredis.Redis = redis_client(url)
         self._p = prefix
         self._create = self._redis.register_script(_CREATE)
 

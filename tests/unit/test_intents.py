@@ -6,9 +6,11 @@ workflow store and the object store.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from actors.adapters.object_store import object_key
 from actors.contract import ImageRecord, Status
@@ -125,3 +127,31 @@ async def test_end_removes_the_intent(world: World) -> None:
 
 def test_alive_ttl_outlasts_several_sweeps() -> None:
     assert ALIVE_TTL_S >= 2 * SWEEP_EVERY_S  # one missed heartbeat does not make a live gateway look dead
+
+
+async def test_an_intent_whose_removal_found_redis_down_is_removed_by_the_next_round(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = object_key("e" * 32)
+    await world.me.begin(key)
+
+    async def down(*_: Any) -> int:
+        raise RedisConnectionError("Connection closed by server.")
+
+    with monkeypatch.context() as redis_down:
+        redis_down.setattr(world.redis, "hdel", down)
+        await world.me.end(key)  # the record exists; Redis went down before the intent's removal
+    assert world.intents() == {key}
+
+    store: Any = world.store
+    objects: Any = world.objects
+    rounds = asyncio.create_task(world.me.run(store, objects))
+    try:
+        for _ in range(100):
+            if not world.intents():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        rounds.cancel()
+    assert world.intents() == set()
+    assert key not in objects.deleted  # a live gateway's upload: its object stays

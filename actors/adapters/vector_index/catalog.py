@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from redisvl.exceptions import RedisVLError
 from redisvl.index import AsyncSearchIndex
 from redisvl.schema import IndexSchema
 
+from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import redis_errors
 from actors.adapters.vector_index.names import (
     MAX_DIM,
@@ -66,12 +66,7 @@ class IndexCatalog:
         self.hnsw = Hnsw(m=m, ef_construction=ef_construction, ef_runtime=ef_runtime)
         self.ef_runtime = ef_runtime
         self.max_window = max_window  # k + offset: deep pages cost Redis a KNN of that size
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
-        )
+        self._client = redis_client(redis_url, timeout_s=socket_timeout_s)
         self._known: dict[str, KnownIndex] = {}  # model -> its index and dim
         self._loaded_at: dict[str, float] = {}  # model -> when its index was last seen fully indexed
 
