@@ -22,6 +22,7 @@ import pytest
 from ops.stack.supervisor import Stack
 from tests.chaos.audit import (
     assert_nothing_left,
+    jobs_in_flight,
     kill_coordinator_holding_jobs,
     kill_indexer_holding_requests,
     wait_in_flight,
@@ -136,6 +137,12 @@ async def _kill_and_hold_down(
     os.kill(pid_of(stack, name), signal.SIGKILL)
     killed_at = time.time()
     stack.stop_service(name)  # hold it down: stops the instance supervisord may have restarted already
+    # the gauge read before the kill can miss jobs fetched in the last moments (a pull hands over several at
+    # once); read after it too, and count the larger: a held job needs the dead server to finish (its upsert
+    # or its record), and with NATS down nothing new arrives (with Redis down a job fetched later only
+    # waits: it cannot be upserted before Redis is back, so it cannot be upserted twice)
+    await asyncio.sleep(0.5)
+    after = await asyncio.to_thread(jobs_in_flight, stack.settings)
     watch = asyncio.create_task(while_down()) if while_down else None
     seen: dict[int, int] = {}
     deadline = time.monotonic() + down_s
@@ -149,7 +156,8 @@ async def _kill_and_hold_down(
         assert r.status_code in (503, 202, 200), r.text
         await asyncio.sleep(0.5)  # paces the probes over the outage's length
     figures: dict[str, object] = {
-        "jobs_in_flight_at_kill": [in_flight],
+        "jobs_in_flight_at_kill": [max(in_flight, after)],
+        "jobs_in_flight_before_and_after_kill": [in_flight, after],
         "down_s": down_s,
         "statuses_while_down": seen,
         "ready_503_while_down": ready_503,
