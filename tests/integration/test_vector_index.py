@@ -215,8 +215,9 @@ async def test_recall_at_10_on_structured_vectors(index: VectorIndex) -> None:
 
 
 async def test_a_neighbor_search_past_its_budget_is_refused_part_way(index: VectorIndex) -> None:
-    """At a cut where every image is near every other, the search stops once it passes ``max_hits`` (one
-    batch here) instead of gathering every pair, and says why; under the budget it answers in full."""
+    """At a cut where every image is near every other, the search stops once its first 10 images project
+    over twice ``max_hits``, or once the pairs found pass it, instead of gathering every pair, and says why;
+    under the budget it answers in full."""
     rng = np.random.default_rng(7)
     data = unit(structured(250, 32, rng, clusters=3))
     await load(index, "m", data)
@@ -225,7 +226,11 @@ async def test_a_neighbor_search_past_its_budget_is_refused_part_way(index: Vect
     with pytest.raises(TooManyNeighbors) as refused:
         await index.neighbors("m", vectors, -1.0, limit=1000, batch=100, max_hits=50 * 250)
     assert refused.value.code == "too_many_pairs"
-    assert "after 100 of 250 images" in str(refused.value)  # 100 x 249 pairs > 12,500: the first batch
+    # the first 10 images found 249 pairs each: 62,250 projected, over twice the budget
+    assert "after 10 of 250 images: 2490 pairs" in str(refused.value)
+    # a budget the projection stays under (62,250 <= 2 x 32,370): refused on the total, after 210 images
+    with pytest.raises(TooManyNeighbors, match="after 210 of 250 images"):
+        await index.neighbors("m", vectors, -1.0, limit=1000, batch=100, max_hits=249 * 130)
 
     near = await index.neighbors("m", vectors, 0.999, limit=1000, max_hits=50 * 250)
     assert set(near) == set(vectors)  # a real cut: every image answered

@@ -35,6 +35,9 @@ from actors.contract import Hit
 from actors.errors import PermanentError
 
 
+SAMPLE = 10  # ``neighbors`` queries this many images first: a cut far too low is refused after them
+
+
 class TooManyNeighbors(PermanentError):
     """A neighbor search that would return most of the index for every image: refused, not computed."""
 
@@ -203,7 +206,8 @@ class VectorIndex(IndexCatalog):
     ) -> dict[str, list[Hit]]:
         """For each image, the others at least ``min_score`` similar (range queries, pipelined in batches).
 
-        ``max_hits``: stop once the batches so far found more hits in all, and raise ``TooManyNeighbors``
+        ``max_hits``: stop once the batches so far found more hits in all, or once a first sample of
+        ``SAMPLE`` images found over twice ``max_hits`` per image of the index, and raise ``TooManyNeighbors``
         (a cut so low that most of the index is near everything: the full answer would cost O(N²)).
         """
         known = await self._index(model)
@@ -212,18 +216,20 @@ class VectorIndex(IndexCatalog):
         ids = list(vectors)
         out: dict[str, list[Hit]] = {}
         found = 0
-        for start in range(0, len(ids), batch):
-            chunk = ids[start : start + batch]
+        starts = [0, *range(min(SAMPLE, len(ids)), len(ids), batch)]  # a small sample first
+        for start, stop in zip(starts, [*starts[1:], len(ids)], strict=True):
+            chunk = ids[start:stop]
             queries = [range_query(vectors[i], limit, min_score, exclude_id=i) for i in chunk]
             with redis_errors("neighbors"):
                 rows = await known.index.batch_query(queries, batch_size=batch)
             for image_id, hits in zip(chunk, rows, strict=True):
                 out[image_id] = row_hits(hits)
                 found += len(out[image_id])
-            if max_hits is not None and found > max_hits:
+            projected = found * len(ids) / stop  # if the rest are like the images seen so far
+            if max_hits is not None and (found > max_hits or projected > 2 * max_hits):
                 raise TooManyNeighbors(
-                    f"more than {max_hits} pairs at cosine >= {min_score} after {start + len(chunk)} of "
-                    f"{len(ids)} images: raise the threshold",
+                    f"more than {max_hits} pairs at cosine >= {min_score} (after {stop} of {len(ids)} images:"
+                    f" {found} pairs): raise the threshold",
                     code="too_many_pairs",
                 )
         return out
