@@ -34,7 +34,6 @@ from actors.adapters.vector_index.queries import (
 from actors.contract import Hit
 from actors.errors import PermanentError
 
-
 SAMPLE = 10  # ``neighbors`` queries this many images first: a cut far too low is refused after them
 
 
