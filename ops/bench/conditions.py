@@ -30,8 +30,9 @@ def _triton(d: dict[str, Any], plan: Plan) -> list[str]:
         return []
     return [
         f"- **`triton_*`, `ort_*`**: {plan.triton_clip_n} (CLIP) and {plan.triton_default_n} "
-        f"(EfficientNet-Lite0) images of random pixels, sent through the mesh's `Embedder` as single-image "
-        f"requests, {plan.triton_concurrency} at a time, against in-process ONNX Runtime (every core) on the "
+        f"(EfficientNet-Lite0) images of random pixels, {plan.triton_concurrency} single-image calls of the "
+        f"mesh's `Embedder` at a time (it coalesces them into batched Triton requests, as for a coordinator's "
+        f"jobs), against in-process ONNX Runtime (every core) on the "
         f"same ONNX file at the best batch of this run's scan (CLIP {d.get('ort_best_batch_clip')}: "
         f"{d.get('ort_batch_scan_clip')}; EfficientNet {d.get('ort_best_batch_default')}: "
         f"{d.get('ort_batch_scan_default')}, images/s by batch). `triton_ratio` is the lower model's."

@@ -1,5 +1,6 @@
-"""Inference alone: Triton under 32 concurrent single-image requests vs in-process ONNX Runtime batches,
-fp32 vs int8 (dynamic quantization) with its recall cost, and preprocessing images/s per core.
+"""Inference alone: Triton through the mesh's ``Embedder`` (32 concurrent single-image calls, which it
+coalesces into batched requests as it does for a coordinator's jobs) vs in-process ONNX Runtime at its best
+batch, fp32 vs int8 (dynamic quantization) with its recall cost, and preprocessing images/s per core.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def random_pixels(m: ModelFiles, n: int, seed: int = 0) -> np.ndarray:
 
 
 async def triton_throughput(bench: BenchStack, m: ModelFiles, px: np.ndarray, concurrency: int = 32) -> float:
-    """Images/s of ``len(px)`` single-image requests via the mesh's Embedder, ``concurrency`` at a time."""
+    """Images/s of ``len(px)`` single-image calls of the mesh's Embedder, ``concurrency`` at a time (it sends
+    them to Triton as batched requests: ``actors/adapters/embed_batching.py``)."""
     async with Embedder.from_settings(bench.settings) as embedder:
         await embedder.embed_image(m.name, px[0])  # model config cached, channel open
         nxt = iter(range(len(px)))
