@@ -1,9 +1,9 @@
 """Embedder: pixels or text to unit vectors, with models served by Triton (gRPC, ``tritonclient.grpc.aio``).
 
 Concurrent image embeddings of one model go to Triton together, as one batched request
-(``embed_batching.Coalescer``, no added wait); texts go one per request, batched by Triton's dynamic batcher. What a model needs
-(its preprocessing, tensor names, output dimension) is read once from Triton's model config and cached, so the
-model's repository is the only place it is written down (docs/MODELS.md).
+(``embed_batching.Coalescer``, no added wait); texts go one per request, batched by Triton's dynamic batcher.
+What a model needs (its preprocessing, tensor names, output dimension) is read once from Triton's model config
+and cached, so the model's repository is the only place it is written down (docs/MODELS.md).
 
 Errors: :class:`EmbedderUnavailable` (Triton down, model loading, queue full or timed out: retry later) and
 :class:`EmbedderError` / :class:`ModelNotFound` (bad input, unknown model: retrying will not help), all
