@@ -140,7 +140,9 @@ async def _kill_and_hold_down(
     # the gauge read before the kill can miss jobs fetched in the last moments (a pull hands over several at
     # once); read after it too, and count the larger: a held job needs the dead server to finish (its upsert
     # or its record), and with NATS down nothing new arrives (with Redis down a job fetched later only
-    # waits: it cannot be upserted before Redis is back, so it cannot be upserted twice)
+    # waits: it cannot be upserted before Redis is back, so it cannot be upserted twice). A fixed half second
+    # on purpose: no event says "the pull in flight at the kill has been handed over", and the gauge is read
+    # once, not waited on
     await asyncio.sleep(0.5)
     after = await asyncio.to_thread(jobs_in_flight, stack.settings)
     watch = asyncio.create_task(while_down()) if while_down else None
