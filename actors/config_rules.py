@@ -106,6 +106,8 @@ RULES: dict[str, Rule] = {
     "next_model": _next_model,
     "exif_keep_gps": _any,  # a bool: the type check is the whole rule
     "moderation_rules": rules_problem,
+    "label_min_score": _threshold,  # > 0: a label needs some evidence
+    "label_max_count": _int_range(0, 100),  # 0: no labels kept
     "reconcile_period_s": _period,
     "reconcile_grace_s": _grace,
 }

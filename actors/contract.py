@@ -149,6 +149,9 @@ class MeshConfig(Struct, kw_only=True):
     exif_keep_gps: bool = False  # the exif step keeps GPS coordinates in the record (off: privacy)
     # rules of the moderation step, e.g. "min_side:32", "max_aspect_ratio:4", "flag:reject_metadata:k=v"
     moderation_rules: list[str] = []
+    # an image's labels (actors/labels): its classifier's classes at least this probable, at most this many
+    label_min_score: float = 0.1
+    label_max_count: int = 5
     reconcile_period_s: float = 60.0  # the reconciler's period (a bounded batch each); 0: off
     reconcile_grace_s: float = 600.0  # what is younger than this is never repaired (work in flight)
 
@@ -173,6 +176,7 @@ class UpsertRequest(Struct, kw_only=True):
     vector: list[float] = []  # or vector_f32: its float32 bytes (see QueryRequest)
     vector_f32: bytes | None = None
     tags: dict[str, str] = {}
+    labels: dict[str, float] = {}  # the image's labels and their scores: ``label=<name>`` tags (filterable)
 
 
 class UpsertReply(Struct, kw_only=True):
@@ -310,6 +314,11 @@ T = TypeVar("T")
 
 
 # --- records and model specs ------------------------------------------------------------------------
+class Label(Struct, kw_only=True):
+    """One of an image's labels: a class of its model's classifier (``actors/labels``) and its probability."""
+
+    name: str
+    score: float
 
 
 class ImageRecord(Struct, kw_only=True):
@@ -329,6 +338,9 @@ class ImageRecord(Struct, kw_only=True):
     model: str | None = None
     embedding_dim: int | None = None
     error: ErrorInfo | None = None
+    # most probable classes first; None: never labelled (no classifier yet; the reconciler backfills), []: none
+    # above label_min_score
+    labels: list[Label] | None = None
     trace_id: str = ""
     attempt: int = 0
     job_seq: int = 0  # the stream sequence of the record's latest job (0: not known)

@@ -308,6 +308,7 @@ async def main(settings: Settings) -> None:
             vectors=vectors,
             objects=objects,
             index=IndexClient(proc.nc),
+            embedder=embedder,  # whether the active model labels images (the labels backfill)
         )
         switcher = model_switch.ModelSwitcher(
             prefix=settings.redis_prefix,

@@ -69,7 +69,9 @@ class Indexer:
 
     async def upsert(self, req: UpsertRequest) -> UpsertReply:
         start = time.perf_counter()
-        created = await self.index.upsert(req.model, req.image_id, request_vector(req), req.tags)
+        created = await self.index.upsert(
+            req.model, req.image_id, request_vector(req), req.tags, labels=req.labels
+        )
         elapsed = time.perf_counter() - start
         UPSERT_SECONDS.labels(req.model).observe(elapsed)
         UPSERTS.labels(req.model, str(created).lower()).inc()

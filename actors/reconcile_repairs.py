@@ -23,7 +23,7 @@ from actors.contract import Cause, DeadLetter, ErrorInfo, ImageRecord, Status
 from actors.reconcile_rules import STUCK_CODE, Kind, Policy, age_s, republish_attempt
 from actors.reconcile_scan import Finding
 from actors.recorder import Provenance, Recorder
-from actors.workflow import VectorIndex, metadata_tags
+from actors.workflow import VectorIndex, label_scores, metadata_tags
 
 log = structlog.get_logger("reconcile")
 
@@ -77,6 +77,8 @@ class Repairer:
             repaired = await self._stuck(f, policy)
         elif f.kind is Kind.DONE_WITHOUT_VECTOR:
             repaired = await self._reindex(f)
+        elif f.kind is Kind.DONE_WITHOUT_LABELS:
+            repaired = await self._label(f)
         elif f.kind is Kind.VECTOR_WITHOUT_RECORD:
             repaired = await self.index.delete(f.image_id, f.model) > 0
         elif f.kind is Kind.ORPHAN_OBJECT:
@@ -150,14 +152,25 @@ class Repairer:
         rec = _record(f)
         vector = await self.store.get_embedding(f.model, rec.image_id)
         if vector is not None:
-            tags = metadata_tags(rec.metadata)
-            await self.index.upsert(f.model, rec.image_id, vector, tags, trace_id=rec.trace_id)
+            tags, labels = metadata_tags(rec.metadata), label_scores(rec.labels)
+            await self.index.upsert(f.model, rec.image_id, vector, tags, trace_id=rec.trace_id, labels=labels)
             how = "upsert"
         else:  # the pipeline's re-embed path: vectors added, the record left as it is
             msg_id = f"reconcile:{f.model}:{rec.image_id}:{int(time.time())}"
             await self.queue.publish_record(rec, models=[f.model], msg_id=msg_id, cause=Cause.RECONCILE)
             how = "reembed"
         await self._note(rec.image_id, Kind.DONE_WITHOUT_VECTOR, rec.attempt, model=f.model, how=how)
+        return True
+
+    async def _label(self, f: Finding) -> bool:
+        """A done image never labelled while the active model has a classifier: a re-embed job in that model
+        (the pipeline's re-embed path labels an image that has none, and upserts its vector with them)."""
+        rec = _record(f)
+        if not await self._unchanged(rec):
+            return False
+        msg_id = f"reconcile:labels:{f.model}:{rec.image_id}:{int(time.time())}"
+        await self.queue.publish_record(rec, models=[f.model], msg_id=msg_id, cause=Cause.RECONCILE)
+        await self._note(rec.image_id, Kind.DONE_WITHOUT_LABELS, rec.attempt, model=f.model, how="reembed")
         return True
 
     async def _orphan_object(self, f: Finding) -> bool:

@@ -8,6 +8,7 @@ delivery, a vector indexed twice).
 | ``stuck`` | ``processing``/``embedded``/``indexed`` (or ``pending`` with its job delivered) past what the delivery policy allows | ``error`` ``stuck`` + dead letter |
 | ``orphan_object`` | an object past the grace without a record or an upload intent | delete it |
 | ``done_without_vector`` | ``done`` past the grace without a vector in the active model's index | re-index it |
+| ``done_without_labels`` | ``done`` past the grace, indexed, never labelled, while the active model has a classifier | re-embed it (labels backfill) |
 | ``vector_without_record`` | a vector whose image has no record | delete it |
 | ``stale_intent`` | an upload intent whose gateway is dead, or whose image is recorded | settle it |
 
@@ -32,6 +33,7 @@ class Kind(enum.StrEnum):
     STUCK = "stuck"
     ORPHAN_OBJECT = "orphan_object"
     DONE_WITHOUT_VECTOR = "done_without_vector"
+    DONE_WITHOUT_LABELS = "done_without_labels"
     VECTOR_WITHOUT_RECORD = "vector_without_record"
     STALE_INTENT = "stale_intent"
     # found by ``mesh check`` only: nothing safe to repair automatically
@@ -44,6 +46,7 @@ REPAIRABLE = (
     Kind.STUCK,
     Kind.ORPHAN_OBJECT,
     Kind.DONE_WITHOUT_VECTOR,
+    Kind.DONE_WITHOUT_LABELS,
     Kind.VECTOR_WITHOUT_RECORD,
     Kind.STALE_INTENT,
 )
@@ -74,6 +77,7 @@ class Policy:
     grace_s: float
     stuck_after_s: float
     active_model: str
+    labelled: bool = False  # the active model has a classifier: a done image without labels can get them
 
 
 def stuck_after_s(
@@ -93,14 +97,17 @@ def policy_for(
     *,
     grace_s: float | None = None,
     outage_budget_s: float = OUTAGE_POLICY.budget_s,
+    labelled: bool = False,
 ) -> Policy:
     """The thresholds from the config and the consumer (its ``max_deliver`` when smaller, as the coordinator
-    does); ``grace_s`` overrides the config's grace (``mesh reconcile --grace``)."""
+    does); ``grace_s`` overrides the config's grace (``mesh reconcile --grace``); ``labelled``: the active
+    model has a classifier."""
     max_deliver = min(cfg.max_deliver, consumer.max_deliver) if consumer.max_deliver else cfg.max_deliver
     return Policy(
         grace_s=cfg.reconcile_grace_s if grace_s is None else grace_s,
         stuck_after_s=stuck_after_s(max_deliver, cfg.backoff_s, consumer.ack_wait_s, outage_budget_s),
         active_model=cfg.active_model,
+        labelled=labelled,
     )
 
 
@@ -155,6 +162,8 @@ def record_kind(
         return None
     if rec.status == Status.DONE and has_vector is False:
         return Kind.DONE_WITHOUT_VECTOR
+    if rec.status == Status.DONE and has_vector and rec.labels is None and policy.labelled:
+        return Kind.DONE_WITHOUT_LABELS  # indexed before labels existed, or under a model without them
     return None
 
 

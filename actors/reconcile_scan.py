@@ -5,7 +5,7 @@ memory), so a batch costs the same however large the library:
 
 | source | walk | anomalies (``reconcile_rules.Kind``) |
 | --- | --- | --- |
-| ``records`` | ``SCAN`` of the records | pending without job, stuck, done without vector, two ``done`` from one delivery |
+| ``records`` | ``SCAN`` of the records | pending without job, stuck, done without vector or labels, two ``done`` from one delivery |
 | ``vectors`` | ``SCAN`` of every model's vectors | vector without record (and the documents, for "indexed twice") |
 | ``objects`` | ``ListObjectsV2`` pages of the originals | object without record or intent |
 | ``intents`` | ``HSCAN`` of the upload intents | stale intent |
@@ -45,6 +45,7 @@ from actors.reconcile_rules import (
 )
 
 NATS_ERRORS = (nats.errors.Error, OSError)
+_ACTIVE_MODEL_KINDS = (Kind.DONE_WITHOUT_VECTOR, Kind.DONE_WITHOUT_LABELS)  # repaired in the active model
 
 
 class Source(enum.StrEnum):
@@ -184,7 +185,7 @@ class Inspector:
                 has_vector=(rec.image_id in with_vector) if rec.image_id in done else None,
             )
             if kind is not None:
-                model = policy.active_model if kind is Kind.DONE_WITHOUT_VECTOR else ""
+                model = policy.active_model if kind in _ACTIVE_MODEL_KINDS else ""
                 batch.findings.append(Finding(kind, rec.image_id, record=rec, job=job, model=model))
             if duplicate_done(rec.history):
                 batch.findings.append(Finding(Kind.DUPLICATE_DONE, rec.image_id, record=rec))

@@ -22,6 +22,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 import structlog
@@ -29,6 +30,7 @@ from nats.js import JetStreamContext
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
+from actors.adapters.embedder import Embedder
 from actors.adapters.index_client import IndexClient
 from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
@@ -49,6 +51,8 @@ log = structlog.get_logger("reconcile")
 BATCH = 200  # items per source per step (and per batch of a full pass)
 LEASE_S = 60.0  # renewed after every batch; a leader that dies is replaced after this long
 TICK_S = 5.0  # how often a replica looks whether a step is due (and reads the period again)
+
+Classifies = Callable[[str], Awaitable[bool]]
 
 
 def lease_key(prefix: str) -> str:
@@ -81,8 +85,10 @@ class Reconciler:
         repairer: Repairer,
         batch: int = BATCH,
         lease_s: float = LEASE_S,
+        classifies: Classifies | None = None,
     ) -> None:
         self.prefix, self.redis, self.config = prefix, redis, config
+        self.classifies = classifies  # whether a model has a classifier (labels backfill); None: never
         self.inspector, self.repairer = inspector, repairer
         self.batch, self.lease_s = batch, lease_s
         self.token = uuid.uuid4().hex
@@ -177,7 +183,8 @@ class Reconciler:
 
     async def _policy(self, cfg: MeshConfig, grace_s: float | None) -> tuple[Policy, ConsumerFacts]:
         consumer = await self.inspector.jobs.facts()
-        return policy_for(cfg, consumer, grace_s=grace_s), consumer
+        labelled = await self.classifies(cfg.active_model) if self.classifies else False
+        return policy_for(cfg, consumer, grace_s=grace_s, labelled=labelled), consumer
 
     async def _repair_all(self, findings: list[Finding], policy: Policy) -> Counter[str]:
         """Repair each finding; a refused repair (a 4xx: e.g. a stored vector the index no longer takes) is
@@ -217,6 +224,7 @@ def reconciler_for(
     vectors: VectorIndex,
     objects: ObjectStore,
     index: IndexClient,
+    embedder: Embedder | None = None,
 ) -> Reconciler:
     """The coordinator's reconciler over the clients the process has opened (none is closed here)."""
     intents = IntentTable(redis, settings.redis_prefix)
@@ -237,7 +245,12 @@ def reconciler_for(
         intents=intents,
     )
     return Reconciler(
-        prefix=settings.redis_prefix, redis=redis, config=config, inspector=inspector, repairer=repairer
+        prefix=settings.redis_prefix,
+        redis=redis,
+        config=config,
+        inspector=inspector,
+        repairer=repairer,
+        classifies=embedder.classifies if embedder is not None else None,
     )
 
 

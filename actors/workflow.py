@@ -6,29 +6,41 @@ the record is keyed by image id, the vector by (model, image id).
 
 States, in order: pending (gateway) → processing → embedded → indexed → done, or error with a reason; every
 change goes through the ``Recorder`` (record, history, event, log; each entry's cause, attempt and delivery
-are what the caller set with ``recorder.recording``: the coordinator, per delivery). Between fetch/decode and embedding run
-the config's ``pipeline_steps`` (``actors/steps``): they add metadata and index tags, write their own history
-notes (``{"step", "at", ...}``, no ``status``) or reject the image. During a model switch
-(``MeshConfig.next_model``) a new image is embedded and indexed under both models; a switch's re-embed job
-(explicit ``models``, image already done) adds vectors without touching the record.
+are what the caller set with ``recorder.recording``: the coordinator, per delivery). Between fetch/decode and
+embedding run the config's ``pipeline_steps`` (``actors/steps``): they add metadata and index tags, write their
+own history notes (``{"step", "at", ...}``, no ``status``) or reject the image. A model with a classifier
+gives the image its labels in the same inference (``actors/labels``): recorded with ``embedded``, and tags of
+every model's index; a done image without labels gets them from a re-embed job (the reconciler's backfill).
+During a model switch (``MeshConfig.next_model``) a new image is embedded and indexed under both models; a
+switch's re-embed job (explicit ``models``, image already done) adds vectors without touching the record.
+What each step reads and writes (object, pixels, embedding, index entry, record) is ``pipeline_io``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import structlog
 from prometheus_client import Counter
 
-from actors.contract import ErrorInfo, ImageRecord, MeshConfig, PreprocessSpec, ProcessJob, Status
-from actors.decode_budget import DecodeBudget
+from actors.contract import ErrorInfo, ImageRecord, MeshConfig, ProcessJob, Status
 from actors.errors import PermanentError
-from actors.imaging import STAGE_SECONDS, ImageWork, UndecodableImage, stage
-from actors.recorder import EventSink, Recorder, RecordStore
+from actors.imaging import STAGE_SECONDS, UndecodableImage, stage
+from actors.pipeline_io import (
+    ConfigSource,
+    ContentMismatch,
+    Heartbeat,
+    ImageEmbedder,
+    ObjectReader,
+    PipelineIO,
+    VectorIndex,
+    WorkflowRecords,
+    label_scores,
+    labels_of,
+    metadata_tags,
+)
 from actors.steps import StepContext, run_steps
 
 log = structlog.get_logger("workflow")
@@ -36,71 +48,9 @@ log = structlog.get_logger("workflow")
 OUTCOMES = Counter("mesh_jobs_total", "Jobs finished, by outcome", ["outcome"])
 ERRORS = Counter("mesh_errors_total", "Pipeline errors, by code", ["code"])
 
-Heartbeat = Callable[[], Awaitable[None]]
 
-
-class WorkflowRecords(RecordStore, Protocol):
-    async def set_embedding(self, model: str, image_id: str, vector: np.ndarray) -> None: ...
-
-
-class ObjectReader(Protocol):
-    async def get(self, key: str) -> bytes: ...
-
-
-class ImageEmbedder(Protocol):
-    async def preprocess_spec(self, model: str) -> PreprocessSpec: ...
-    async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray: ...
-
-
-class VectorIndex(Protocol):
-    async def upsert(
-        self,
-        model: str,
-        image_id: str,
-        vector: np.ndarray,
-        tags: dict[str, str] | None = None,
-        trace_id: str = "",
-    ) -> Any: ...
-
-
-class ConfigSource(Protocol):
-    async def get(self) -> MeshConfig: ...
-
-
-class ContentMismatch(PermanentError):
-    code = "sha256_mismatch"
-
-
-def metadata_tags(metadata: dict[str, Any]) -> dict[str, str]:
-    """The record's metadata as index tags (filterable with ``filter=key:value``)."""
-    return {str(k): str(v) for k, v in metadata.items()}
-
-
-class Pipeline:
+class Pipeline(PipelineIO):
     """One image's workflow, from the stored object to the index."""
-
-    def __init__(
-        self,
-        *,
-        store: WorkflowRecords,
-        events: EventSink,
-        objects: ObjectReader,
-        embedder: ImageEmbedder,
-        index: VectorIndex,
-        config: ConfigSource,
-        cpu_workers: int | None = None,
-        decode_budget: DecodeBudget | None = None,
-    ) -> None:
-        self.store = store
-        self.recorder = Recorder(store, events)
-        self.objects = objects
-        self.embedder = embedder
-        self.index = index
-        self.config = config
-        self.images = ImageWork(cpu_workers, decode_budget)
-
-    def close(self) -> None:
-        self.images.close()
 
     async def process(self, job: ProcessJob, heartbeat: Heartbeat | None = None) -> str:
         """Run every step for one job; returns the outcome (``done``, ``reembedded`` or ``skipped``).
@@ -128,7 +78,7 @@ class Pipeline:
         await beat()
         pixels = await self._pixels(data, models, cfg.max_pixels)
         tags = await self._run_steps(job, rec, cfg, data, beat)
-        dim = await self._index_new_image(job, models, pixels, tags, beat)
+        dim = await self._index_new_image(job, rec, cfg, models, pixels, tags, beat)
         await self._transition(job, Status.INDEXED, model=models[0])
         await self._transition(job, Status.DONE, error=None)
 
@@ -171,23 +121,38 @@ class Pipeline:
     async def _index_new_image(
         self,
         job: ProcessJob,
+        rec: ImageRecord,
+        cfg: MeshConfig,
         models: list[str],
         pixels: dict[str, np.ndarray],
         tags: dict[str, str],
         beat: Heartbeat,
     ) -> int:
-        """Embed and index under the first model (the image's own), then under the others; returns the dim."""
+        """Embed and index under the first model (the image's own), then under the others; returns the dim.
+
+        The first model's classifier, if it has one, labels the image (recorded with ``embedded``); otherwise
+        the labels the record has already (from an earlier model) go into the index."""
         primary, *others = models
-        vector = await self._embed(job, primary, pixels[primary], beat)
-        dim = int(vector.shape[-1])
-        await self._transition(job, Status.EMBEDDED, model=primary, embedding_dim=dim)
-        await self._upsert(job, primary, vector, tags, beat)
+        emb = await self._embed(job, primary, pixels[primary], beat)
+        dim = int(emb.vector.shape[-1])
+        async with stage("labels"):
+            labels = labels_of(emb, cfg)
+        extra = {} if labels is None else {"labels": labels}
+        await self._transition(job, Status.EMBEDDED, model=primary, embedding_dim=dim, **extra)
+        scores = label_scores(rec.labels if labels is None else labels)
+        await self._upsert(job, primary, emb.vector, tags, scores, beat)
         for model in others:
-            await self._index_switch_model(job, model, pixels[model], tags, beat)
+            await self._index_switch_model(job, model, pixels[model], tags, scores, beat)
         return dim
 
     async def _index_switch_model(
-        self, job: ProcessJob, model: str, pixels: np.ndarray, tags: dict[str, str], beat: Heartbeat
+        self,
+        job: ProcessJob,
+        model: str,
+        pixels: np.ndarray,
+        tags: dict[str, str],
+        scores: dict[str, float],
+        beat: Heartbeat,
     ) -> None:
         """The dual-model case: also index under the model a switch is building.
 
@@ -196,61 +161,39 @@ class Pipeline:
         its models explicitly needs every one of them, so there the error stands.
         """
         try:
-            vector = await self._embed(job, model, pixels, beat)
+            emb = await self._embed(job, model, pixels, beat)
         except PermanentError as e:
             if job.models:
                 raise
             await self.recorder.note(job.image_id, "embed", model=model, error=e.message)
             log.warning("image.extra_model_failed", image_id=job.image_id, model=model, error=e.message)
             return
-        await self._upsert(job, model, vector, tags, beat)
+        await self._upsert(job, model, emb.vector, tags, scores, beat)
 
     async def _reembed(self, job: ProcessJob, rec: ImageRecord, beat: Heartbeat) -> str:
-        """Add the vectors of ``job.models`` to a done image: no state change, no history entry."""
+        """Add the vectors of ``job.models`` to a done image: no state change, no history entry.
+
+        An image without labels gets them here from a model with a classifier (the reconciler's backfill
+        publishes such jobs): written into the record with a ``labels`` note, before any vector is upserted."""
         started = time.perf_counter()
+        cfg = await self.config.get()
         data = await self._fetch(job)
-        pixels = await self._pixels(data, job.models, (await self.config.get()).max_pixels)
+        pixels = await self._pixels(data, job.models, cfg.max_pixels)
         tags = metadata_tags(rec.metadata)  # the steps' fields are in the record's metadata already
-        for model in job.models:
-            vector = await self._embed(job, model, pixels[model], beat)
-            await self._upsert(job, model, vector, tags, beat)
+        embs = {model: await self._embed(job, model, pixels[model], beat) for model in job.models}
+        labels = rec.labels
+        if labels is None:
+            found = [found for e in embs.values() if (found := labels_of(e, cfg)) is not None]
+            if found:
+                labels = found[0]
+                await self.recorder.update(job.image_id, labels=labels)
+                await self.recorder.note(job.image_id, "labels", labels=[label.name for label in labels])
+        for model, emb in embs.items():
+            await self._upsert(job, model, emb.vector, tags, label_scores(labels), beat)
         OUTCOMES.labels("reembedded").inc()
         ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("image.reembedded", image_id=job.image_id, models=job.models, ms=ms)
         return "reembedded"
-
-    async def _pixels(self, data: bytes, models: list[str], max_pixels: int) -> dict[str, np.ndarray]:
-        """Each model's pixels from one decode within the decode budget, the frame dropped before embedding.
-
-        JPEGs decode at the smallest size every model's preprocessing can still work from (DCT scaling halves
-        the cost); the gateway's /encode and search decode the same way, so a vector does not depend on the path.
-        """
-        specs = [await self.embedder.preprocess_spec(m) for m in models]
-        target = max(spec.resize for spec in specs)
-        arrays = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
-        return dict(zip(models, arrays, strict=True))
-
-    async def _fetch(self, job: ProcessJob) -> bytes:
-        async with stage("fetch"):
-            data = await self.objects.get(job.object_key)
-        if hashlib.sha256(data).hexdigest() != job.sha256:
-            raise ContentMismatch(f"object {job.object_key} does not hold the uploaded bytes")
-        return data
-
-    async def _embed(self, job: ProcessJob, model: str, pixels: np.ndarray, beat: Heartbeat) -> np.ndarray:
-        """The image's vector under ``model``, kept in the Workflow DB (``?include=embedding``, search)."""
-        async with stage("embed"):
-            vector = await self.embedder.embed_image(model, pixels)
-        await self.store.set_embedding(model, job.image_id, vector)
-        await beat()
-        return vector
-
-    async def _upsert(
-        self, job: ProcessJob, model: str, vector: np.ndarray, tags: dict[str, str], beat: Heartbeat
-    ) -> None:
-        async with stage("index"):
-            await self.index.upsert(model, job.image_id, vector, tags, trace_id=job.trace_id)
-        await beat()
 
     async def fail(self, job: ProcessJob, code: str, reason: str) -> None:
         """Record that an image can not be processed (after its last delivery, or a permanent error).
@@ -271,9 +214,6 @@ class Pipeline:
         OUTCOMES.labels("error").inc()
         await self._transition(job, Status.ERROR, error=ErrorInfo(code=code, message=reason))
         log.warning("image.error", image_id=job.image_id, trace_id=job.trace_id, code=code, reason=reason)
-
-    async def _transition(self, job: ProcessJob, status: Status, **fields: Any) -> None:
-        await self.recorder.transition(job.image_id, status, trace_id=job.trace_id, **fields)
 
 
 def planned_models(cfg: MeshConfig) -> list[str]:
@@ -298,10 +238,17 @@ async def _noop() -> None:
 
 
 __all__ = [
+    "ConfigSource",
     "ContentMismatch",
+    "ImageEmbedder",
+    "ObjectReader",
     "Pipeline",
     "UndecodableImage",
+    "VectorIndex",
+    "WorkflowRecords",
     "is_reembed",
+    "label_scores",
+    "labels_of",
     "metadata_tags",
     "planned_models",
 ]

@@ -19,8 +19,9 @@ from fastapi.responses import Response
 from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, ModelNotFound
 from actors.contract import Hit, ImageEvent, Status
 from actors.errors import ServiceCallError
+from actors.labels import UnknownVocabulary, Vocabulary, match, vocabulary
 from gateway import params
-from gateway.deps import WRITE, Svc, require_api_key
+from gateway.deps import WRITE, Services, Svc, require_api_key
 from gateway.errors import ApiError, error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.records import active_embedding, get_record
@@ -62,7 +63,13 @@ def hits_view(hits: list[Hit]) -> list[dict[str, Any]]:
     return [{"image_id": h.image_id, "score": h.score} for h in hits]
 
 
-@router.get("/search", responses={400: _R400, 503: _R503})
+_R400_TEXT = {
+    "description": "bad `filter`, `k`/`offset` beyond the limits, a bad parameter, or `no_text_tower`: the "
+    "active model has neither a text tower nor a classifier's labels"
+}
+
+
+@router.get("/search", responses={400: _R400_TEXT, 503: _R503})
 async def search_text(
     svc: Svc,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="the text to match")],
@@ -70,27 +77,65 @@ async def search_text(
     offset: params.OffsetParam = 0,
     filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
 ) -> dict[str, Any]:
-    """Text to image: the stored images that best match `q`, best first (cosine similarity).
+    """Text to image: the stored images that best match `q`, best first; `mode` says how.
 
-    The text is embedded by the text tower paired with the active model (`clip_image` -> `clip_text`,
-    through Triton) and searched in the active model's index. `400 no_text_tower` when the active model
-    has no text tower (e.g. `efficientnet_lite0`). With the random-weight test CLIP the ranking is real
-    arithmetic but carries no meaning: semantic quality needs real CLIP weights (README, "Search").
+    `"mode": "embedding"`: the text is embedded by the text tower paired with the active model (`clip_image`
+    -> `clip_text`, through Triton) and searched in the active model's index; scores are cosine similarities.
+    With the random-weight test CLIP the ranking is real arithmetic but carries no meaning (README, "Search").
+
+    `"mode": "labels"`: the active model has no text tower but a classifier (the default `efficientnet_lite0`):
+    the query's words are matched against its label names and synonyms (lower case, plurals: "cats" finds
+    tabby, tiger cat, Persian cat...), `labels` lists the labels matched, and images are ranked by the summed
+    probability of those labels. A query that names no label answers `200` with no results and a `reason`.
+    `400 no_text_tower` only when the active model has neither.
     """
     cfg = await svc.config.get()
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
     model = cfg.active_model
     text_model = text_model_for(model)
-    if text_model is None:
-        raise ApiError(400, "no_text_tower", f"the active model {model} has no text tower")
-    with embedding_errors(text_model):
-        try:
-            vec = await svc.embedder.embed_text(text_model, q)
-        except ModelNotFound as e:
-            raise ApiError(400, "no_text_tower", f"Triton does not serve {text_model}") from e
-    hits = await svc.search.query(model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime)
-    return {"model": model, "results": hits_view(hits)}
+    if text_model is not None:
+        with embedding_errors(text_model):
+            try:
+                vec = await svc.embedder.embed_text(text_model, q)
+            except ModelNotFound:
+                vec = None  # Triton does not serve it: the labels, if the model has them
+        if vec is not None:
+            hits = await svc.search.query(
+                model, vec, size, offset=offset, filters=filters, ef_runtime=cfg.ef_runtime
+            )
+            return {"model": model, "mode": "embedding", "results": hits_view(hits)}
+    with embedding_errors(model):
+        info = await svc.embedder.model_info(model)
+    try:
+        vocab = vocabulary(info.labels or "")
+    except UnknownVocabulary as e:
+        why = f"names the vocabulary {info.labels!r}, which this version does not ship" if info.labels else ""
+        raise ApiError(
+            400, "no_text_tower", f"the active model {model} has no text tower and no classifier labels {why}"
+        ) from e
+    return await search_labels(svc, model, vocab, q, size, offset, filters)
+
+
+async def search_labels(
+    svc: Services,
+    model: str,
+    vocab: Vocabulary,
+    q: str,
+    size: int,
+    offset: int,
+    filters: dict[str, str],
+) -> dict[str, Any]:
+    """``GET /search`` in ``labels`` mode (``actors/labels/matching.py``)."""
+    found = match(vocab, q)
+    body: dict[str, Any] = {"model": model, "mode": "labels", "labels": list(found.names)}
+    if not found.names:
+        return body | {"results": [], "matched": 0, "reason": found.reason}
+    page = await svc.search.label_search(model, found.names, size, offset, filters)
+    body |= {"matched": page.matched, "results": hits_view(page.hits)}
+    if page.truncated:
+        body["truncated"] = True  # more images have these labels than one search ranks (LABEL_WINDOW)
+    return body
 
 
 @router.post(

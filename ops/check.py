@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from nats.aio.client import Client
 
 from actors import contract
+from actors.adapters.embedder import Embedder
 from actors.adapters.object_store import ObjectStore
 from actors.adapters.upload_intents import IntentTable
 from actors.adapters.vector_index import VectorIndex
@@ -74,11 +75,13 @@ async def check(
     cfg: MeshConfig,
     grace_s: float | None = None,
     batch: int = BATCH,
+    labelled: bool = False,
 ) -> Report:
-    """Walk every source whole and count what is wrong (no repair)."""
+    """Walk every source whole and count what is wrong (no repair); ``labelled``: the active model has a
+    classifier (done images without labels count)."""
     started = time.perf_counter()
     consumer = await inspector.jobs.facts()
-    policy = policy_for(cfg, consumer, grace_s=grace_s)
+    policy = policy_for(cfg, consumer, grace_s=grace_s, labelled=labelled)
     counts: Counter[str] = Counter()
     scanned: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
@@ -123,7 +126,12 @@ async def report_for(settings: Settings, nc: Client, grace_s: float | None = Non
     store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
     redis = aioredis.Redis.from_url(settings.redis_server_url, socket_timeout=10)
     try:
-        async with VectorIndex.from_settings(settings) as vectors, ObjectStore(settings) as objects:
+        async with (
+            VectorIndex.from_settings(settings) as vectors,
+            ObjectStore(settings) as objects,
+            Embedder.from_settings(settings) as embedder,
+        ):
+            labelled = await embedder.classifies(cfg.active_model)
             inspector = Inspector(
                 records=store,
                 vectors=vectors,
@@ -131,7 +139,7 @@ async def report_for(settings: Settings, nc: Client, grace_s: float | None = Non
                 intents=IntentTable(redis, settings.redis_prefix),
                 jobs=StreamJobs(nc.jetstream(), settings.stream, settings.consumer),
             )
-            return await check(inspector, vectors, cfg, grace_s)
+            return await check(inspector, vectors, cfg, grace_s, labelled=labelled)
     finally:
         await store.close()
         await redis.aclose()

@@ -9,15 +9,17 @@ batching). An idle mesh still embeds a lone image at once; a busy one sends batc
 Triton's dynamic batcher still serves every other client (the gateway's query embeddings, other
 coordinators).
 
-Every caller gets its own image's vector or the batch's error. A caller that is cancelled before its batch
+Every caller gets its own image's row of the answer (its vector, and its class probabilities for a model with a
+classifier) or the batch's error. A caller that is cancelled before its batch
 is sent is left out of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
@@ -29,28 +31,30 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 
-SendBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Row = TypeVar("Row")
+# a stack of images (``uint8 [N, H, W, 3]``) -> one answer per image, in order
+SendBatch = Callable[[np.ndarray], Awaitable[Sequence[Row]]]
 
 
 @dataclass
-class _Waiting:
+class _Waiting(Generic[Row]):
     pixels: np.ndarray
-    result: asyncio.Future[np.ndarray]
+    result: asyncio.Future[Row]
 
 
-class Coalescer:
+class Coalescer(Generic[Row]):
     """One model's queue: ``await embed(pixels)`` returns the image's row of a batched ``send``."""
 
-    def __init__(self, model: str, send: SendBatch, *, max_batch: int, max_in_flight: int = 2) -> None:
+    def __init__(self, model: str, send: SendBatch[Row], *, max_batch: int, max_in_flight: int = 2) -> None:
         self.model = model
         self._send = send
         self.max_batch = max(1, max_batch)
         self.max_in_flight = max(1, max_in_flight)
-        self._queue: list[_Waiting] = []
+        self._queue: list[_Waiting[Row]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def embed(self, pixels: np.ndarray) -> np.ndarray:
-        waiting = _Waiting(pixels, asyncio.get_running_loop().create_future())
+    async def embed(self, pixels: np.ndarray) -> Row:
+        waiting: _Waiting[Row] = _Waiting(pixels, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         self._dispatch()
         return await waiting.result
@@ -70,10 +74,10 @@ class Coalescer:
         self._in_flight.discard(task)
         self._dispatch()
 
-    async def _run(self, batch: list[_Waiting]) -> None:
+    async def _run(self, batch: list[_Waiting[Row]]) -> None:
         BATCH_SIZE.labels(self.model).observe(len(batch))
         try:
-            vectors = await self._send(np.stack([w.pixels for w in batch]))
+            rows = await self._send(np.stack([w.pixels for w in batch]))
         except asyncio.CancelledError:  # the embedder is closing: so are its callers' waits
             for w in batch:
                 w.result.cancel()
@@ -83,9 +87,9 @@ class Coalescer:
                 if not w.result.done():
                     w.result.set_exception(e)
             return
-        for w, vector in zip(batch, vectors, strict=True):
+        for w, row in zip(batch, rows, strict=True):
             if not w.result.done():
-                w.result.set_result(vector)
+                w.result.set_result(row)
 
 
 __all__ = ["BATCH_SIZE", "Coalescer", "SendBatch"]

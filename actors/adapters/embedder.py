@@ -34,6 +34,7 @@ log = structlog.get_logger("embedder")
 IMAGE_INPUT = "IMAGE"
 TEXT_INPUT = "TEXT"
 EMBEDDING_OUTPUT = "EMBEDDING"
+PROBS_OUTPUT = "PROBS"  # an image model with a classifier: its class probabilities (``ModelInfo.labels``)
 
 _RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"})
 
@@ -72,6 +73,8 @@ class ModelInfo:
     dim: int
     max_batch_size: int
     spec: PreprocessSpec | None  # image models only
+    classes: int = 0  # the length of ``PROBS`` (0: no classifier)
+    labels: str | None = None  # the vocabulary naming those classes (``actors.labels.vocabulary``)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelInfo:
@@ -93,13 +96,27 @@ class ModelInfo:
             if "preprocess" not in params:
                 raise EmbedderError(f"image model {name} has no 'preprocess' parameter", model=name)
             spec = PreprocessSpec.from_json(params["preprocess"])
+        classes = int(outputs[PROBS_OUTPUT]["dims"][-1]) if PROBS_OUTPUT in outputs else 0
+        if classes and not params.get("labels"):
+            raise EmbedderError(f"model {name} has {PROBS_OUTPUT} but no 'labels' parameter", model=name)
         return cls(
             name=name,
             kind=kind,
             dim=int(outputs[EMBEDDING_OUTPUT]["dims"][-1]),
             max_batch_size=int(config.get("max_batch_size", 0)),
             spec=spec,
+            classes=classes,
+            labels=params.get("labels") if classes else None,
         )
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """One image's answer: its unit vector and, from a model with a classifier, its class probabilities."""
+
+    vector: np.ndarray  # float32 [dim]
+    probs: np.ndarray | None = None  # float32 [classes]
+    labels: str | None = None  # the vocabulary naming the classes (``ModelInfo.labels``)
 
 
 def _server_unavailable(e: BaseException) -> bool:
@@ -136,7 +153,7 @@ class Embedder:
         self.backoff_s = backoff_s
         self._client: triton.InferenceServerClient | None = None
         self._models: dict[str, ModelInfo] = {}
-        self._coalescers: dict[str, Coalescer] = {}
+        self._coalescers: dict[str, Coalescer[ImageEmbedding]] = {}
 
     @classmethod
     def from_settings(cls, s: Settings) -> Embedder:
@@ -209,6 +226,13 @@ class Embedder:
             self._models[model] = info
         return info
 
+    async def classifies(self, model: str) -> bool:
+        """Whether ``model`` has a classifier (``PROBS``: it labels images); False while Triton cannot say."""
+        try:
+            return (await self.model_info(model)).classes > 0
+        except EmbedderException:
+            return False
+
     async def preprocess_spec(self, model: str) -> PreprocessSpec:
         """How to turn an image into the pixels ``model`` takes (``actors.preprocess.to_pixels``)."""
         info = await self.model_info(model)
@@ -216,22 +240,34 @@ class Embedder:
             raise EmbedderError(f"model {model} is a text model: it has no image preprocessing", model=model)
         return info.spec
 
-    async def _infer(self, info: ModelInfo, inp: InferInput, rows: int = 1) -> np.ndarray:
-        """The ``float32 [rows, dim]`` embeddings of one request of ``rows`` inputs."""
-        out = [InferRequestedOutput(EMBEDDING_OUTPUT)]
+    async def _infer(self, info: ModelInfo, inp: InferInput, rows: int = 1) -> dict[str, np.ndarray]:
+        """The outputs of one request of ``rows`` inputs: ``EMBEDDING`` ``float32 [rows, dim]``, and ``PROBS``
+        ``float32 [rows, classes]`` from a model with a classifier."""
+        shapes = {EMBEDDING_OUTPUT: (rows, info.dim)}
+        if info.classes:
+            shapes[PROBS_OUTPUT] = (rows, info.classes)
+        out = [InferRequestedOutput(name) for name in shapes]
         result = await self._call("infer", info.name, self.client.infer, info.name, [inp], outputs=out)
-        vectors = result.as_numpy(EMBEDDING_OUTPUT)
-        if vectors is None or vectors.shape != (rows, info.dim):
-            raise EmbedderError(f"model {info.name} returned an unexpected output", model=info.name)
-        return np.asarray(vectors, dtype=np.float32)
+        arrays = {name: result.as_numpy(name) for name in shapes}
+        for name, array in arrays.items():
+            if array is None or array.shape != shapes[name]:
+                raise EmbedderError(f"model {info.name} returned an unexpected {name}", model=info.name)
+        return {name: np.asarray(array, dtype=np.float32) for name, array in arrays.items()}
 
-    async def _embed_images(self, info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
+    async def _embed_images(self, info: ModelInfo, pixels: np.ndarray) -> list[ImageEmbedding]:
         """One request for a stack of images (``uint8 [N, H, W, 3]``, N at most the model's batch size)."""
         inp = InferInput(IMAGE_INPUT, list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(pixels))
-        return await self._infer(info, inp, rows=len(pixels))
+        outs = await self._infer(info, inp, rows=len(pixels))
+        probs = outs.get(PROBS_OUTPUT)
+        return [
+            ImageEmbedding(vector, None, None)
+            if probs is None
+            else ImageEmbedding(vector, probs[i], info.labels)
+            for i, vector in enumerate(outs[EMBEDDING_OUTPUT])
+        ]
 
-    def _coalescer(self, info: ModelInfo) -> Coalescer:
+    def _coalescer(self, info: ModelInfo) -> Coalescer[ImageEmbedding]:
         coalescer = self._coalescers.get(info.name)
         if coalescer is None:
             coalescer = Coalescer(
@@ -242,6 +278,10 @@ class Embedder:
 
     async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray:
         """The unit ``float32 [dim]`` embedding of one image: ``uint8 [H, W, 3]`` from ``to_pixels``."""
+        return (await self.embed_image_full(model, pixels)).vector
+
+    async def embed_image_full(self, model: str, pixels: np.ndarray) -> ImageEmbedding:
+        """One image's embedding and, from a model with a classifier, its class probabilities (same pass)."""
         info = await self.model_info(model)
         if info.kind != "image" or info.spec is None:
             raise EmbedderError(f"model {model} does not take images", model=model)
@@ -259,4 +299,4 @@ class Embedder:
             raise EmbedderError(f"model {model} does not take text", model=model)
         inp = InferInput(TEXT_INPUT, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
-        return (await self._infer(info, inp))[0]
+        return (await self._infer(info, inp))[EMBEDDING_OUTPUT][0]

@@ -41,8 +41,11 @@ class IndexClient:
         vector: np.ndarray,
         tags: dict[str, str] | None = None,
         trace_id: str = "",
+        labels: dict[str, float] | None = None,
     ) -> UpsertReply:
-        req = UpsertRequest(model=model, image_id=image_id, vector_f32=_f32(vector), tags=tags or {})
+        req = UpsertRequest(
+            model=model, image_id=image_id, vector_f32=_f32(vector), tags=tags or {}, labels=labels or {}
+        )
         headers = {contract.TRACE_HEADER: trace_id} if trace_id else None
         return await call(self._nc, contract.INDEX_UPSERT, req, UpsertReply, self._timeout, headers=headers)
 

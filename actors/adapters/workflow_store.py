@@ -35,7 +35,7 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 return false
 """
 
-_JSON_FIELDS = ("metadata", "error")
+_JSON_FIELDS = ("metadata", "error", "labels")
 _INT_FIELDS = ("size_bytes", "width", "height", "embedding_dim", "attempt", "job_seq")
 _FLOAT_FIELDS = ("created_at", "updated_at")
 _OPTIONAL_TEXT_FIELDS = ("model",)  # stored as "" when None

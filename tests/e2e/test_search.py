@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 import redis
 from nats.aio.client import Client
 from PIL import Image
@@ -170,10 +171,48 @@ def altered(name: str) -> bytes:
 
 
 # --- text to image -----------------------------------------------------------------------------------------
-async def test_text_search_needs_a_text_tower(client: httpx.AsyncClient) -> None:
-    r = await client.get("/search", params={"q": "a cat"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "no_text_tower", r.text
-    assert (await client.get("/search")).status_code == 400  # q is required
+def labelled_copy(name: str, quality: int = 83) -> bytes:
+    """A photo as a user's copy of it: 80 % size, JPEG (bytes no other test uploads)."""
+    img = photo(name)
+    return jpeg(img.resize((int(img.width * 0.8), int(img.height * 0.8))), quality=quality)
+
+
+async def test_text_search_on_the_default_model_matches_words_to_its_labels(
+    client: httpx.AsyncClient,
+) -> None:
+    run = run_id()
+    names = ("chelsea", "coffee", "camera")
+    cat, coffee, camera = await upload_all(client, [labelled_copy(n) for n in names], {"run": run})
+
+    # every image has words: its classifier's probable classes, most probable first, in the record
+    records = {i: (await client.get(f"/images/{i}")).json() for i in (cat, coffee, camera)}
+    cat_labels = [label["name"] for label in records[cat]["labels"]]
+    assert cat_labels and set(cat_labels) <= {"tabby", "tiger cat", "egyptian cat", "lynx"}, records[cat]
+    assert records[coffee]["labels"][0]["name"] == "espresso"
+    assert all(0.1 <= label["score"] <= 1 for r in records.values() for label in r["labels"])
+
+    mine = f"run:{run}"
+    r = await client.get("/search", params={"q": "Cats", "filter": mine})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == "labels" and {"tabby", "tiger cat", "persian cat"} <= set(body["labels"])
+    assert [h["image_id"] for h in body["results"]] == [cat]  # the coffee and the tripod are not cats
+    assert body["results"][0]["score"] == pytest.approx(
+        sum(label["score"] for label in records[cat]["labels"]), abs=1e-3
+    )
+    r = await client.get("/search", params={"q": "an espresso", "filter": mine})
+    assert [h["image_id"] for h in r.json()["results"]] == [coffee]
+
+    # a query that names no label: 200, nothing, and why
+    r = await client.get("/search", params={"q": "xylophonist"})
+    assert r.status_code == 200 and r.json()["results"] == [] and "xylophonist" in r.json()["reason"]
+    assert (await client.get("/search")).status_code == 400  # q is still required
+
+    # a label is a filter like any other: the images like the coffee that are labelled tabby
+    r = await client.get(
+        f"/images/{coffee}/similar", params=[("filter", mine), ("filter", f"label:{cat_labels[0]}")]
+    )
+    assert r.status_code == 200 and [h["image_id"] for h in r.json()["results"]] == [cat], r.text
 
 
 async def test_text_search_matches_brute_force_over_the_index(
@@ -198,6 +237,7 @@ async def test_text_search_matches_brute_force_over_the_index(
             query = embed_text(text)
             r = await client.get("/search", params={"q": text, "k": 5})
             assert r.status_code == 200, r.text
+            assert r.json()["mode"] == "embedding"  # a text tower: the labels are not used
             body = r.json()
             assert body["model"] == CLIP_IMAGE
             want = brute_force(query, vectors)
@@ -212,7 +252,8 @@ async def test_text_search_matches_brute_force_over_the_index(
             # pages: offset 2, k 3 is the slice [2:5] of the full ranking
             r = await client.get("/search", params={"q": text, "k": 3, "offset": 2})
             assert_same_ranking(r.json()["results"], want[2:], 3)
-    assert (await client.get("/search", params={"q": "a cat"})).status_code == 400  # back to the default
+    back = await client.get("/search", params={"q": "a cat"})  # back to the default: its labels answer
+    assert back.status_code == 200 and back.json()["mode"] == "labels", back.text
 
 
 # --- query by an image that is not stored ------------------------------------------------------------------

@@ -56,8 +56,9 @@ class Index:
         vector: np.ndarray,
         tags: dict[str, str] | None = None,
         trace_id: str = "",
+        labels: dict[str, float] | None = None,
     ) -> bool:
-        return await self.vectors.upsert(model, image_id, vector, tags)
+        return await self.vectors.upsert(model, image_id, vector, tags, labels=labels)
 
     async def delete(self, image_id: str, model: str | None = None) -> int:
         return await self.vectors.delete(image_id, model)

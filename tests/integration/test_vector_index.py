@@ -234,3 +234,35 @@ async def test_a_neighbor_search_past_its_budget_is_refused_part_way(index: Vect
 
     near = await index.neighbors("m", vectors, 0.999, limit=1000, max_hits=50 * 250)
     assert set(near) == set(vectors)  # a real cut: every image answered
+
+
+async def test_a_label_search_finds_the_images_with_any_of_the_labels_ranked_by_their_summed_scores(
+    index: VectorIndex,
+) -> None:
+    labels = {
+        "a": {"tabby": 0.4},
+        "b": {"tabby": 0.3, "tiger cat": 0.35, "lynx": 0.2},
+        "c": {"tiger cat": 0.5},
+        "d": {"espresso": 0.9},
+        "e": {},
+    }
+    for i, (image_id, scores) in enumerate(labels.items()):
+        tags = {"album": "cats" if image_id != "c" else "other"}
+        await index.upsert("m", image_id, np.eye(4, dtype=np.float32)[i % 4] + 0.1, tags, labels=scores)
+    page = await index.label_search("m", ["tabby", "tiger cat"], k=10)
+    assert [(h.image_id, h.score) for h in page.hits] == [("b", 0.65), ("c", 0.5), ("a", 0.4)]
+    assert (page.matched, page.truncated) == (3, False)
+    # paged like the other searches, and the metadata filters narrow it in the same query
+    assert [
+        h.image_id for h in (await index.label_search("m", ["tabby", "tiger cat"], k=1, offset=1)).hits
+    ] == ["c"]
+    only_album = await index.label_search("m", ["tabby", "tiger cat"], k=10, filters={"album": "cats"})
+    assert [h.image_id for h in only_album.hits] == ["b", "a"]
+    # a label is a filter of the vector searches too, whatever its spelling needs (a space here)
+    near = await index.query("m", np.ones(4, dtype=np.float32), k=10, filters={"label": "tiger cat"})
+    assert sorted(h.image_id for h in near) == ["b", "c"]
+    assert (await index.label_search("m", ["persian cat"], k=10)).hits == []
+    assert (await index.label_search("unknown_model", ["tabby"], k=10)).hits == []
+    # a re-upsert replaces the labels with the rest of the document
+    await index.upsert("m", "a", np.ones(4, dtype=np.float32), {}, labels={"espresso": 0.7})
+    assert [h.image_id for h in (await index.label_search("m", ["tabby"], k=10)).hits] == ["b"]

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from actors import preprocess
+from actors.adapters.embedder import ImageEmbedding
 from actors.contract import MeshConfig, ProcessJob
 from ops.bench.baseline import image_work
 from ops.photos import jpeg, photo
@@ -89,13 +90,13 @@ async def test_the_baseline_calls_what_the_pipeline_calls_with_the_same_argument
     spy = Spy(monkeypatch)
     job = _job_with(world, camera_jpeg, cfg)
     embedded: list[np.ndarray] = []
-    embed = world.embedder.embed_image
+    embed = world.embedder.embed_image_full
 
-    async def keep_pixels(model: str, pixels: np.ndarray) -> np.ndarray:
+    async def keep_pixels(model: str, pixels: np.ndarray) -> ImageEmbedding:
         embedded.append(pixels)
         return await embed(model, pixels)
 
-    monkeypatch.setattr(world.embedder, "embed_image", keep_pixels)
+    monkeypatch.setattr(world.embedder, "embed_image_full", keep_pixels)
     assert await world.pipeline.process(job) == "done"
     mesh_calls = spy.take()
     [upsert] = world.nats.upserts

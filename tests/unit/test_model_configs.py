@@ -9,11 +9,19 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from actors.adapters.embedder import EMBEDDING_OUTPUT, IMAGE_INPUT, TEXT_INPUT, EmbedderError, ModelInfo
+from actors.adapters.embedder import (
+    EMBEDDING_OUTPUT,
+    IMAGE_INPUT,
+    PROBS_OUTPUT,
+    TEXT_INPUT,
+    EmbedderError,
+    ModelInfo,
+)
 from actors.contract import PreprocessSpec
+from actors.labels import vocabulary
 from ops.models import configs
 from ops.models.clip import CLIP_MEAN, CLIP_STD
-from ops.models.efficientnet import DIM, NAME, SPEC
+from ops.models.efficientnet import CLASSIFIER, DIM, NAME, SPEC
 from ops.models.repository import BACKEND_MODEL, ROOT
 
 REPO = ROOT / "model_repository"
@@ -27,8 +35,8 @@ def parse(text: str) -> mc.ModelConfig:
 def rendered() -> dict[str, str]:
     """Every config this code writes, for the committed models and for CPU CLIP (generated on export)."""
     out = {
-        f"cpu/{NAME}": configs.cpu_image_config(NAME, DIM, SPEC),
-        f"gpu/{NAME}": configs.gpu_image_config(NAME, DIM, SPEC),
+        f"cpu/{NAME}": configs.cpu_image_config(NAME, DIM, SPEC, classifier=CLASSIFIER),
+        f"gpu/{NAME}": configs.gpu_image_config(NAME, DIM, SPEC, classifier=CLASSIFIER),
         "cpu/clip_image": configs.cpu_image_config("clip_image", 512, CLIP_SPEC),
         "cpu/clip_text": configs.cpu_text_config("clip_text", 512, 77),
         "gpu/clip_image": configs.gpu_image_config("clip_image", 512, CLIP_SPEC),
@@ -93,6 +101,8 @@ def check_config(config: mc.ModelConfig) -> None:
         assert inputs[TEXT_INPUT].data_type == mc.TYPE_STRING
     if EMBEDDING_OUTPUT in outputs:
         assert outputs[EMBEDDING_OUTPUT].data_type == mc.TYPE_FP32
+    if PROBS_OUTPUT in outputs:  # a classifier names the vocabulary of its classes, which must ship
+        assert len(vocabulary(config.parameters["labels"].string_value)) == outputs[PROBS_OUTPUT].dims[-1]
 
 
 def test_the_client_reads_dim_and_preprocess_from_the_config() -> None:
@@ -101,6 +111,11 @@ def test_the_client_reads_dim_and_preprocess_from_the_config() -> None:
     as_json = MessageToDict(parse(rendered()[f"cpu/{NAME}"]), preserving_proto_field_name=True)
     info = ModelInfo.from_config(as_json)
     assert (info.name, info.kind, info.dim, info.spec) == (NAME, "image", DIM, SPEC)
+    assert (info.classes, info.labels) == (1000, "imagenet1k")  # the classifier's output and its names
+    clip = ModelInfo.from_config(
+        MessageToDict(parse(rendered()["cpu/clip_image"]), preserving_proto_field_name=True)
+    )
+    assert (clip.classes, clip.labels) == (0, None)  # no classifier: no labels
     text = ModelInfo.from_config(
         MessageToDict(parse(rendered()["gpu/clip_text"]), preserving_proto_field_name=True)
     )

@@ -57,19 +57,23 @@ def test_efficientnet_onnx_matches_pytorch(tmp_path: Path) -> None:
     assert (tmp_path / "efficientnet_lite0" / "config.pbtxt").read_text() == committed.read_text()
     pixels = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     with torch.no_grad():
-        ref = efficientnet.build()(torch.from_numpy(pixels)).numpy()
-    # independent of the folded normalization: the network on x/127.5 - 1, mean-pooled, normalized
+        ref, ref_probs = (t.numpy() for t in efficientnet.build()(torch.from_numpy(pixels)))
+    # independent of the folded normalization: the network on x/127.5 - 1, mean-pooled, normalized; its own
+    # forward (pool, dropout off, linear head) and a softmax for the probabilities
     with torch.no_grad():
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         net: Any = efficientnet.load_network()
         f = net.extract_features(x).mean(dim=(2, 3))
         manual = torch.nn.functional.normalize(f, dim=-1).numpy()
-    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
-        None, {"IMAGE": pixels}
-    )[0]
-    assert got.shape == (3, 1280)
+        manual_probs = torch.softmax(net(x), dim=-1).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["EMBEDDING", "PROBS"]
+    got, probs = session.run(None, {"IMAGE": pixels})
+    assert got.shape == (3, 1280) and probs.shape == (3, 1000)
     assert np.abs(got - ref).max() < 1e-4 and np.abs(manual - ref).max() < 1e-4
     assert np.abs(np.linalg.norm(got, axis=1) - 1).max() < 1e-4
+    assert np.abs(probs - ref_probs).max() < 1e-4 and np.abs(manual_probs - ref_probs).max() < 1e-4
+    assert np.abs(probs.sum(axis=1) - 1).max() < 1e-4
 
 
 def test_vit_b32_sized_random_clip_has_the_real_models_size(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ record what it did. The same code runs against the real stack in ``tests/e2e/tes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY
 from actors import contract
 from actors.adapters.job_queue import JobQueue
 from actors.config_rules import InvalidConfig, apply_change
-from actors.contract import Cause, DeadLetter, ImageRecord, MeshConfig, ProcessJob, Status
+from actors.contract import Cause, DeadLetter, ImageRecord, Label, MeshConfig, ProcessJob, Status
 from actors.coordinator import Coordinator
 from actors.reconcile_repairs import Repairer
 from actors.reconcile_rules import (
@@ -288,6 +289,7 @@ class Jobs:
 class Index:
     upserts: list[tuple[str, str]] = field(default_factory=list)
     deletes: list[tuple[str, str | None]] = field(default_factory=list)
+    labels: dict[str, dict[str, float]] = field(default_factory=dict)  # by image id, as last upserted
 
     async def upsert(
         self,
@@ -296,8 +298,10 @@ class Index:
         vector: np.ndarray,
         tags: dict[str, str] | None = None,
         trace_id: str = "",
+        labels: dict[str, float] | None = None,
     ) -> Any:
         self.upserts.append((model, image_id))
+        self.labels[image_id] = dict(labels or {})
 
     async def delete(self, image_id: str, model: str | None = None) -> int:
         self.deletes.append((image_id, model))
@@ -495,6 +499,43 @@ async def test_a_done_record_without_its_vector_is_reindexed_from_its_embedding_
         [note] = reconcile_notes(mesh.store.records[image_id])
         assert (note["repair"], note["how"], note["model"]) == ("done_without_vector", how, "m1")
         assert mesh.store.records[image_id].status == Status.DONE
+
+
+def test_a_done_image_never_labelled_is_an_anomaly_only_while_the_active_model_has_a_classifier() -> None:
+    labelled = dataclasses.replace(POLICY, labelled=True)
+    never = rec("l1", Status.DONE, at=ANCIENT)  # labels None: indexed before labels existed
+    none_above = rec("l2", Status.DONE, at=ANCIENT, labels=[])  # labelled: nothing above the cut
+    young = rec("l3", Status.DONE, at=NOW - 1)
+    assert record_kind(never, NOW, labelled, has_vector=True) == Kind.DONE_WITHOUT_LABELS
+    assert record_kind(never, NOW, POLICY, has_vector=True) is None  # e.g. CLIP active: nothing to label with
+    assert record_kind(none_above, NOW, labelled, has_vector=True) is None
+    assert record_kind(young, NOW, labelled, has_vector=True) is None
+    # without its vector the re-index comes first (and its re-embed labels it too)
+    assert record_kind(never, NOW, labelled, has_vector=False) == Kind.DONE_WITHOUT_VECTOR
+
+
+async def test_a_done_image_never_labelled_gets_a_reembed_job_and_its_labels_reach_the_index() -> None:
+    mesh = Mesh()
+    labelled = dataclasses.replace(POLICY, labelled=True)
+    mesh.add(rec("l1", Status.DONE, at=ANCIENT), vector=True)
+    mesh.add(rec("l2", Status.DONE, at=ANCIENT, labels=[Label(name="tabby", score=0.7)]), vector=True)
+    inspector = mesh.inspector()
+    batch = await inspector.batch(Source.RECORDS, START, 10, labelled, mesh.jobs.consumer, NOW)
+    [finding] = [f for f in batch.findings if f.kind is Kind.DONE_WITHOUT_LABELS]
+    assert (finding.image_id, finding.model) == ("l1", "m1")
+    assert await mesh.repairer().repair(finding, labelled)
+    [(job, msg_id)] = mesh.jobs.jobs()
+    assert (job.image_id, job.models, job.cause) == ("l1", ["m1"], "reconcile")
+    assert msg_id.startswith("reconcile:labels:m1:l1:")
+    [note] = reconcile_notes(mesh.store.records["l1"])
+    assert (note["repair"], note["how"]) == ("done_without_labels", "reembed")
+    # an image whose vector the reconciler re-indexes from its stored embedding keeps its labels in the index
+    mesh.store.embeddings[("m1", "l2")] = np.ones(4, np.float32)
+    l2 = mesh.store.records["l2"]
+    assert await mesh.repairer().repair(
+        Finding(Kind.DONE_WITHOUT_VECTOR, "l2", record=l2, model="m1"), POLICY
+    )
+    assert mesh.index.labels["l2"] == {"tabby": 0.7}
 
 
 async def test_vectors_objects_and_intents_without_a_record_are_removed() -> None:

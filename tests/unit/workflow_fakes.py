@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 
 from actors import contract
+from actors.adapters.embedder import ImageEmbedding
 from actors.adapters.index_client import IndexClient
 from actors.adapters.object_store import ObjectMissing
 from actors.contract import (
@@ -32,6 +33,7 @@ from actors.contract import (
     UpsertRequest,
 )
 from actors.errors import RetryableError
+from actors.labels import vocabulary
 from actors.rpc import ERROR_CODE_HEADER, ERROR_HEADER
 from actors.workflow import Pipeline
 from tests.images import distinct_jpegs
@@ -102,21 +104,37 @@ class FakeObjects:
 
 @dataclass
 class FakeEmbedder:
-    """Triton: a fixed vector per model; ``fail`` maps a model to the error its next calls raise."""
+    """Triton: a fixed vector per model; ``fail`` maps a model to the error its next calls raise;
+    ``probs`` gives a model a classifier (ImageNet-1k class probabilities, the same for every image)."""
 
     fail: dict[str, Exception] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
 
     async def preprocess_spec(self, model: str) -> PreprocessSpec:
         return PreprocessSpec(resize=32, crop=32)
 
     async def embed_image(self, model: str, pixels: np.ndarray) -> np.ndarray:
+        return (await self.embed_image_full(model, pixels)).vector
+
+    async def embed_image_full(self, model: str, pixels: np.ndarray) -> ImageEmbedding:
         self.calls.append(model)
         if model in self.fail:
             raise self.fail[model]
         assert pixels.shape == (32, 32, 3)
         vector = np.full(DIM, 1.0 + len(model), dtype=np.float32)
-        return vector / np.linalg.norm(vector)
+        probs = self.probs.get(model)
+        return ImageEmbedding(vector / np.linalg.norm(vector), probs, None if probs is None else "imagenet1k")
+
+
+def imagenet_probs(**scores: float) -> np.ndarray:
+    """ImageNet-1k probabilities with these classes (names, spaces as ``_``) at these values."""
+    vocab = vocabulary("imagenet1k")
+    index = {c.name: c.index for c in vocab.classes}
+    probs = np.zeros(len(vocab), dtype=np.float32)
+    for name, score in scores.items():
+        probs[index[name.replace("_", " ")]] = score
+    return probs
 
 
 @dataclass

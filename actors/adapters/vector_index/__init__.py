@@ -3,13 +3,16 @@
 Each model has its own index ``{prefix}_idx_{model}`` over the hash keys ``{prefix}:vec:{model}:{image_id}``,
 so vectors of two models never meet in one KNN query and a new model's index can be built while the old one
 serves. A document holds ``image_id`` (tag), ``tags`` (tag: ``key=value`` items for metadata filters) and
-``embedding`` (HNSW, cosine, FLOAT32). Filters and the excluded query image go into the RediSearch query
-itself, so KNN counts only documents that pass them (no post-filtering that could return fewer than k).
+``embedding`` (HNSW, cosine, FLOAT32); an image's labels are ``label=<name>`` items of ``tags`` and their
+scores a ``label_scores`` field (not indexed) that ranks a label search. Filters and the excluded query image
+go into the RediSearch query itself, so KNN counts only documents that pass them (no post-filtering that could
+return fewer than k).
 
 The package, one seam a module (each imports only those above it):
   ``names``    field names, model/image id checks, tag encoding, the schema, ``FT.INFO`` parsing (pure)
   ``queries``  vector checks, the pre-filter, KNN and range queries, replies to ``Hit``s (pure)
   ``catalog``  ``IndexCatalog``: the client, the per-model indexes (create, cache, list, stats, drop)
+  ``label_search``  ``LabelSearch``: the images that have any of some labels, ranked by their scores
   ``adapter``  ``VectorIndex``: the documents (upsert, delete, scans) and the queries
 This module re-exports what callers use, so ``from actors.adapters.vector_index import VectorIndex`` holds.
 """
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 from actors.adapters.vector_index.adapter import VectorIndex
 from actors.adapters.vector_index.catalog import LOADED_TTL_S, IndexCatalog
+from actors.adapters.vector_index.label_search import LabelHits, LabelSearch
 from actors.adapters.vector_index.names import (
     ID_FIELD,
     IMAGE_ID_RE,
+    LABEL_KEY,
     MAX_DIM,
     MODEL_RE,
     TAG_SEPARATOR,
@@ -43,6 +48,7 @@ from actors.adapters.vector_index.queries import (
 __all__ = [
     "ID_FIELD",
     "IMAGE_ID_RE",
+    "LABEL_KEY",
     "LOADED_TTL_S",
     "MAX_DIM",
     "MODEL_RE",
@@ -50,6 +56,8 @@ __all__ = [
     "TAG_SEPARATOR",
     "VECTOR_FIELD",
     "IndexCatalog",
+    "LabelHits",
+    "LabelSearch",
     "VectorIndex",
     "as_vector",
     "check_image_id",

@@ -7,6 +7,7 @@ The similarity query is on the gateway's hot path: one ``FT.SEARCH`` round trip 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -15,9 +16,10 @@ from redis.typing import EncodableT, FieldT
 from redisvl.query import VectorQuery, VectorRangeQuery
 
 from actors.adapters.redis_errors import redis_errors
-from actors.adapters.vector_index.catalog import IndexCatalog
+from actors.adapters.vector_index.label_search import LabelSearch
 from actors.adapters.vector_index.names import (
     ID_FIELD,
+    LABEL_SCORES_FIELD,
     TAGS_FIELD,
     VECTOR_FIELD,
     as_text,
@@ -41,7 +43,7 @@ class TooManyNeighbors(PermanentError):
     """A neighbor search that would return most of the index for every image: refused, not computed."""
 
 
-class VectorIndex(IndexCatalog):
+class VectorIndex(LabelSearch):
     """Per-model vector indexes in Redis, their documents and queries; an async context manager."""
 
     # --- documents ---------------------------------------------------------------------------------------
@@ -51,16 +53,20 @@ class VectorIndex(IndexCatalog):
         image_id: str,
         vector: Sequence[float] | np.ndarray,
         tags: Mapping[str, str] | None = None,
+        labels: Mapping[str, float] | None = None,
     ) -> bool:
-        """Store or replace one image's vector; True when the image had none (False: a redelivered job)."""
+        """Store or replace one image's vector, its tags and its labels (name -> score); True when the image
+        had none (False: a redelivered job)."""
         key = self.key(model, image_id)
         vec = as_vector(vector)
         await self.ensure_index(model, int(vec.size))
         doc: dict[FieldT, EncodableT] = {
             ID_FIELD: image_id,
-            TAGS_FIELD: tags_field(tags or {}),
+            TAGS_FIELD: tags_field(tags or {}, labels or ()),
             VECTOR_FIELD: vec.tobytes(),
         }
+        if labels:
+            doc[LABEL_SCORES_FIELD] = json.dumps(dict(labels), sort_keys=True)
         with redis_errors("upsert"):
             # DEL + HSET in one MULTI: replaces every field atomically, and DEL's count tells whether it
             # existed even when two replicas race on the same image

@@ -7,7 +7,7 @@ Pure functions (unit-tested without Redis).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +21,8 @@ VECTOR_FIELD = "embedding"
 ID_FIELD = "image_id"
 TAGS_FIELD = "tags"
 TAG_SEPARATOR = ","
+LABEL_KEY = "label"  # an image's labels are tags ``label=<name>`` (``filter=label:tabby``)
+LABEL_SCORES_FIELD = "label_scores"  # not indexed: ``{"name": score}`` as JSON, for ranking a label search
 MAX_DIM = 32_768  # RediSearch's own limit on a vector field's DIM
 
 # Model names become part of index names and key prefixes: no ':' (it would let one model's prefix cover
@@ -56,9 +58,12 @@ def tag_item(key: str, value: str) -> str:
     return f"{quote(key, safe='')}={quote(value, safe='')}"
 
 
-def tags_field(tags: Mapping[str, str]) -> str:
-    """The stored value of the ``tags`` field: the items joined by the tag separator, in key order."""
-    return TAG_SEPARATOR.join(tag_item(k, str(v)) for k, v in sorted(tags.items()))
+def tags_field(tags: Mapping[str, str], labels: Iterable[str] = ()) -> str:
+    """The stored value of the ``tags`` field: the items joined by the tag separator, in key order, then one
+    ``label=<name>`` item per label (a multi-valued key, which metadata cannot be)."""
+    items = [tag_item(k, str(v)) for k, v in sorted(tags.items())]
+    items += [tag_item(LABEL_KEY, name) for name in sorted(labels)]
+    return TAG_SEPARATOR.join(dict.fromkeys(items))
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,24 @@ pass them (no post-filtering that could return fewer than k).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from redisvl.query import VectorQuery, VectorRangeQuery
+from redisvl.query import FilterQuery, VectorQuery, VectorRangeQuery
 from redisvl.query.filter import FilterExpression, Tag
 
-from actors.adapters.vector_index.names import ID_FIELD, MAX_DIM, TAGS_FIELD, VECTOR_FIELD, as_text, tag_item
+from actors.adapters.vector_index.names import (
+    ID_FIELD,
+    LABEL_KEY,
+    LABEL_SCORES_FIELD,
+    MAX_DIM,
+    TAGS_FIELD,
+    VECTOR_FIELD,
+    as_text,
+    tag_item,
+)
 from actors.contract import Hit
 from actors.errors import PermanentError
 
@@ -118,3 +128,37 @@ def page_of_hits(docs: Sequence[Any], offset: int, k: int) -> list[Hit]:
 def row_hits(rows: Iterable[Mapping[str, Any]]) -> list[Hit]:
     """The hits of one redisvl query result (a dict per document), in its order."""
     return [Hit(image_id=str(r[ID_FIELD]), score=distance_to_score(r["vector_distance"])) for r in rows]
+
+
+def label_query(names: Sequence[str], window: int, filters: Mapping[str, str] | None = None) -> FilterQuery:
+    """The documents that have any of the labels ``names`` (and pass the filters), with their label scores:
+    at most ``window`` of them, in no particular order (``rank_by_labels`` orders them)."""
+    has_label = Tag(TAGS_FIELD) == [tag_item(LABEL_KEY, n) for n in names]
+    others = filter_expression(filters or {})
+    return FilterQuery(
+        filter_expression=has_label if others is None else has_label & others,
+        return_fields=[ID_FIELD, LABEL_SCORES_FIELD],
+        num_results=window,
+    )
+
+
+def label_scores(raw: Any) -> dict[str, float]:
+    """A document's ``label_scores`` field (JSON ``{"name": score}``); {} when absent or unreadable."""
+    try:
+        scores = json.loads(as_text(raw)) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in scores.items()} if isinstance(scores, dict) else {}
+
+
+def rank_by_labels(docs: Iterable[Any], names: Sequence[str]) -> list[Hit]:
+    """Every document as a hit scored by the summed probability of its labels among ``names``: best first,
+    ties by image id (stable pages)."""
+    wanted = set(names)
+    hits = []
+    for d in docs:
+        scores = label_scores(getattr(d, LABEL_SCORES_FIELD, None))
+        total = sum(v for k, v in scores.items() if k in wanted)
+        hits.append(Hit(image_id=str(as_text(getattr(d, ID_FIELD))), score=round(min(1.0, total), 4)))
+    hits.sort(key=lambda h: (-h.score, h.image_id))
+    return hits

@@ -3,7 +3,8 @@
 Copied verbatim as ``<model>/1/model.py`` (source: ``ops/models/backend/model.py``); it depends only on numpy,
 onnxruntime and tokenizers, so the repository is self-contained. What it does follows from the model's config:
 
-- input ``IMAGE`` (uint8 ``[H, W, 3]``): run ``model.onnx`` (normalization is inside the graph);
+- input ``IMAGE`` (uint8 ``[H, W, 3]``): run ``model.onnx`` (normalization is inside the graph); every output of
+  the config (``EMBEDDING``, and ``PROBS`` for a model with a classifier) is the graph's output of that name;
 - input ``TEXT`` (string), output ``EMBEDDING``: tokenize (``tokenizer/tokenizer.json``), run ``model.onnx``;
 - input ``TEXT`` and outputs ``INPUT_IDS``/``ATTENTION_MASK``: tokenize only (the GPU ensemble's first step).
 """
@@ -52,6 +53,7 @@ class TritonPythonModel:
             path = os.path.join(here, "model.onnx")
             self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             self.onnx_inputs = [i.name for i in self.session.get_inputs()]
+            self.onnx_outputs = [o.name for o in self.session.get_outputs()]
 
     def _tokenize(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.tokenizer is not None
@@ -76,7 +78,8 @@ class TritonPythonModel:
                 feed = dict(zip(self.onnx_inputs, (ids, mask), strict=True))
                 outs = {"EMBEDDING": self.session.run(None, feed)[0]}
         else:
-            outs = {"EMBEDDING": self.session.run(None, {self.onnx_inputs[0]: batch})[0]}
+            arrays = self.session.run(None, {self.onnx_inputs[0]: batch})
+            outs = {k: v for k, v in zip(self.onnx_outputs, arrays, strict=True) if k in self.outputs}
         responses = []
         start = 0
         for n in sizes:
