@@ -216,6 +216,32 @@ async def cmd_similar(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_search(args: argparse.Namespace) -> int:
+    """``GET /search?q=TEXT``: prints how it searched (the text tower, or the labels) and the results."""
+    params: list[tuple[str, str | int | float | bool | None]] = [("q", args.text)]
+    params += [("filter", f) for f in args.filter or []]
+    if args.k:
+        params.append(("k", args.k))
+    async with http_client(args) as client:
+        body = check(await client.get("/search", params=params))
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    out = Console()
+    if body.get("mode") == "labels":
+        how = f"labels of {body.get('model')}: " + (", ".join(body.get("labels", [])) or "none matched")
+    else:
+        how = f"text tower of {body.get('model')}"
+    out.print(f"mode: {body.get('mode')} ({how})", highlight=False)
+    if body.get("reason"):
+        out.print(f"[yellow]{body['reason']}[/]", highlight=False)
+    table = Table("#", "image_id", "score", title=f"search {args.text!r}")
+    for i, hit in enumerate(body.get("results", []), 1):
+        table.add_row(str(i), hit["image_id"], f"{hit['score']:.4f}")
+    out.print(table)
+    return EXIT_OK
+
+
 def _no_route(r: httpx.Response) -> bool:
     """A 404/405 from the router itself (no such endpoint), not a 404 about an image."""
     try:
@@ -352,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", metavar="ID|FILE", help="a stored image's id, or a local image file")
     s.add_argument("-k", type=positive_int, help="how many results (default: the mesh's default_k)")
     s.set_defaults(func=cmd_similar)
+
+    s = sub.add_parser("search", parents=[common], help="images matching words (text tower or labels)")
+    s.add_argument("text", help="what to look for, e.g. 'cat'")
+    s.add_argument("-k", type=positive_int, help="how many results (default: the mesh's default_k)")
+    s.add_argument(
+        "--filter", action="append", metavar="KEY:VALUE", help="only images with this (repeatable)"
+    )
+    s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("events", help="print image events as JSON lines (NATS images.events.>)")
     s.add_argument("--status", help="only events of this state (e.g. done, error)")

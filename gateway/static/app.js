@@ -1,4 +1,5 @@
-// The mesh's web page: upload images, follow their status, browse similar images.
+// The mesh's web page: upload images, follow their status, browse similar images, search by words (the text
+// tower of the active model, or its labels: the reply's `mode` says which) and by an image's label chips.
 // Plain JS against the public REST API (DESIGN.md section 3); paths are relative so the page also works behind
 // a reverse proxy that mounts the gateway under a prefix.
 "use strict";
@@ -171,6 +172,7 @@ function uploadCard(file) {
       ),
       el("p", { className: "upload-id" }),
       el("ol", { className: "history", "aria-label": "State history" }),
+      el("ul", { className: "labels", "aria-label": "Labels" }),
       el("p", { className: "error", role: "alert" }),
       search,
     ),
@@ -232,6 +234,7 @@ async function follow(card, imageId) {
         : "";
       setStatus(card, record.status);
       renderHistory(card.querySelector(".history"), record);
+      renderLabels(card.querySelector(".labels"), record.labels);
       card.querySelector("button").hidden = !SEARCHABLE.has(record.status);
       if (TERMINAL.has(record.status)) {
         // show the newest upload's neighbours, unless the user has searched since it was dropped
@@ -249,6 +252,23 @@ function uploadAll(files) {
   for (const file of files) uploadFile(file);
 }
 
+// An image's labels as chips; choosing one shows the images with that label.
+function renderLabels(list, labels) {
+  list.replaceChildren(
+    ...(labels || []).map((label) => {
+      const chip = el("button", {
+        type: "button",
+        className: "chip",
+        textContent: label.name,
+        title: `probability ${label.score.toFixed(2)}: show the images labelled ${label.name}`,
+      });
+      chip.dataset.label = label.name;
+      chip.addEventListener("click", () => showText(label.name, { label: label.name }));
+      return el("li", {}, chip);
+    }),
+  );
+}
+
 // ---- similar images ----
 
 let searchSeq = 0; // a slow answer for an older query must not overwrite a newer one
@@ -260,8 +280,12 @@ async function showSimilar(imageId, { push = true } = {}) {
   const status = $("results-status");
   section.hidden = false;
   section.setAttribute("aria-busy", "true");
+  $("results-heading").textContent = "Similar images";
+  $("query").hidden = false;
   $("query-id").textContent = imageId;
   section.dataset.queryId = imageId;
+  delete section.dataset.text;
+  delete section.dataset.mode;
   const queryThumb = $("query-thumb");
   releaseThumb(queryThumb);
   queryThumb.removeAttribute("src");
@@ -295,6 +319,62 @@ async function showSimilar(imageId, { push = true } = {}) {
   status.textContent = body.results.length
     ? `${body.results.length} similar images (model ${body.model}). Choose one to search from it.`
     : "No other images yet.";
+  for (const hit of body.results) grid.append(resultItem(hit));
+}
+
+// ---- search by words ----
+
+function describeText(body) {
+  const n = body.results.length;
+  const found = n ? `${n} image${n === 1 ? "" : "s"}` : "No images";
+  if (body.mode === "labels") {
+    if (!body.labels.length) return `No label matches: ${body.reason}`;
+    const shown = body.labels.slice(0, 8).join(", ") + (body.labels.length > 8 ? ", …" : "");
+    return `${found}. Searched by labels (this model has no text tower): ${shown}.`;
+  }
+  return `${found}. Searched by the text tower of ${body.model}.`;
+}
+
+async function showText(q, { label = null, push = true } = {}) {
+  const seq = ++searchSeq;
+  const section = $("results");
+  const grid = $("grid");
+  const status = $("results-status");
+  section.hidden = false;
+  section.setAttribute("aria-busy", "true");
+  $("results-heading").textContent = label ? `Images labelled “${label}”` : `Images matching “${q}”`;
+  $("query").hidden = true;
+  delete section.dataset.queryId;
+  section.dataset.text = q;
+  status.textContent = "Searching…";
+  const params = new URLSearchParams({ q, k: String(SIMILAR_K) });
+  if (label) params.append("filter", `label:${label}`);
+  if (push) {
+    const url = new URL(location.href);
+    url.search = "";
+    url.searchParams.set("q", q);
+    if (label) url.searchParams.set("label", label);
+    history.pushState({ q, label }, "", url);
+  }
+  let response;
+  try {
+    response = await api(`search?${params}`);
+  } catch (err) {
+    response = null;
+    if (seq === searchSeq) status.textContent = `Search failed: ${err.message}`;
+  }
+  if (seq !== searchSeq) return;
+  section.removeAttribute("aria-busy");
+  releaseThumbs(grid);
+  grid.replaceChildren();
+  if (!response) return;
+  if (!response.ok) {
+    status.textContent = await errorText(response);
+    return;
+  }
+  const body = await response.json();
+  section.dataset.mode = body.mode;
+  status.textContent = describeText(body);
   for (const hit of body.results) grid.append(resultItem(hit));
 }
 
@@ -359,14 +439,20 @@ function init() {
     updateKeyButton();
   });
   updateKeyButton();
-  const fromUrl = () => new URL(location.href).searchParams.get("image");
-  window.addEventListener("popstate", () => {
-    const id = fromUrl();
-    if (id) showSimilar(id, { push: false });
-    else $("results").hidden = true;
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = $("search-input").value.trim();
+    if (q) showText(q);
   });
-  const initial = fromUrl();
-  if (initial) showSimilar(initial, { push: false });
+  // the page's state is in its URL: ?image=ID (similar to it) or ?q=TEXT[&label=NAME] (a search)
+  const fromUrl = () => {
+    const params = new URL(location.href).searchParams;
+    if (params.get("image")) showSimilar(params.get("image"), { push: false });
+    else if (params.get("q")) showText(params.get("q"), { label: params.get("label"), push: false });
+    else $("results").hidden = true;
+  };
+  window.addEventListener("popstate", fromUrl);
+  fromUrl();
 }
 
 init();

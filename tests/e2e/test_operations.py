@@ -126,6 +126,12 @@ async def test_cli_ingest_is_resumable_then_status_and_similar(
     code, out, err = await run_cli(settings, MESH, "similar", ids[1], "-k", "3", "--url", base_url)
     assert code == 0 and body["results"][0]["image_id"] in out
 
+    # words: the default model has no text tower, so the search says it used the labels
+    code, out, err = await run_cli(settings, MESH, "search", "cat", "--url", base_url, "--json")
+    assert code == 0 and json.loads(out)["mode"] == "labels" and "tabby" in json.loads(out)["labels"], err
+    code, out, err = await run_cli(settings, MESH, "search", "xylophonist", "--url", base_url)
+    assert code == 0 and "mode: labels" in out and "xylophonist" in out, (out, err)
+
 
 # --- replay -----------------------------------------------------------------------------------------------
 async def test_replay_brings_an_errored_image_to_done(

@@ -225,3 +225,48 @@ async def test_asks_for_an_api_key_when_refused(
     assert await page.evaluate("sessionStorage.getItem('mesh.apiKey')") == key
     await expect(page.get_by_role("button", name="Forget API key")).to_be_visible()
     assert all("401" in e for e in console_errors), console_errors
+
+
+async def test_search_by_words_shows_the_mode_and_label_chips_filter(
+    page: Page, client: httpx.AsyncClient, console_errors: list[str], tmp_path: Path
+) -> None:
+    """On the default model (no text tower) the search box searches the labels and says so; an image's
+    label chips show the images with that label."""
+    from playwright.async_api import expect
+
+    await page.goto("/")
+    cat_copy = jpeg(photo("chelsea").resize((360, 270)), quality=74)  # bytes no other test sends
+    chosen: FilePayload = {"name": "my-cat.jpg", "mimeType": "image/jpeg", "buffer": cat_copy}
+    await page.set_input_files("#file-input", files=[chosen])
+    card = page.locator(".upload").first
+    await expect(card).to_have_attribute("data-status", "done", timeout=DONE_TIMEOUT_MS)
+    cat_id = await card.get_attribute("data-image-id")
+    record = (await client.get(f"/images/{cat_id}")).json()
+    names = [label["name"] for label in record["labels"]]
+    chips = card.locator(".labels .chip")
+    await expect(chips).to_have_count(len(names))
+    assert await chips.all_inner_texts() == names  # the record's labels, most probable first
+
+    await page.get_by_role("searchbox", name="Search images by words").fill("cats")
+    await page.get_by_role("button", name="Search", exact=True).click()
+    results = page.locator("#results")
+    await expect(results).to_have_attribute("data-mode", "labels")
+    await expect(page.locator("#results-status")).to_contain_text("Searched by labels")
+    await expect(page.locator(f'#grid .result[data-image-id="{cat_id}"]')).to_be_visible()
+    assert "q=cats" in page.url
+    await page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+
+    # a word that names no label: the reason, no error
+    await page.get_by_role("searchbox", name="Search images by words").fill("xylophonist")
+    await page.get_by_role("button", name="Search", exact=True).click()
+    await expect(page.locator("#results-status")).to_contain_text("No label matches")
+    await expect(page.locator("#grid .result")).to_have_count(0)
+
+    # a chip: the images labelled so, this one among them
+    await chips.first.click()
+    await expect(page.locator("#results-heading")).to_have_text(f"Images labelled “{names[0]}”")
+    await expect(page.locator(f'#grid .result[data-image-id="{cat_id}"]')).to_be_visible()
+    assert "label=" in page.url
+    await page.go_back()  # the previous search, from the URL
+    await expect(page.locator("#results-status")).to_contain_text("No label matches")
+    assert console_errors == []
