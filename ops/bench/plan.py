@@ -27,6 +27,8 @@ class Plan:
     profile_n: int = 32
     sibling_photos: int = 8  # of ops/photos.py's PHOTOS (5 images each)
     image_size: tuple[int, int] = (1024, 768)
+    label_copies: int = 9  # variants of each photo with a known ImageNet class (ops/bench/labels.py)
+    label_distractor_copies: int = 3  # variants of each other photo
 
 
 QUICK = Plan("quick")
@@ -59,4 +61,6 @@ SMOKE = Plan(
     profile=False,
     sibling_photos=3,
     image_size=(512, 384),
+    label_copies=3,
+    label_distractor_copies=1,
 )

@@ -127,6 +127,34 @@ def _stages(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _labels(d: dict[str, Any]) -> list[str]:
+    lab = d.get("labels")
+    if not lab:
+        return []
+    lines = [
+        "## Label search (`GET /search?q=WORD`, labels mode, default model)",
+        "",
+        f"{lab['photos_with_known_class']} scikit-image photos whose ImageNet class is known, "
+        f"{lab['copies_per_photo']} altered copies each (`ops/bench/labels.py` VARIANTS), among "
+        f"{lab['distractor_images']} distractor images ({lab['images']} in all, {lab['errors']} errors); "
+        "each word is the photo's class name (not held out: see `KNOWN`'s comment). Micro-averaged over the "
+        f"words: precision **{lab['precision']:.3f}**, recall **{lab['recall']:.3f}**, R-precision "
+        f"{lab['r_precision']:.3f}. Labels step: {lab['labels_step_ms_per_image']} ms per image "
+        f'(coordinator `mesh_stage_seconds{{stage="labels"}}`); the classifier head makes one inference '
+        f"{lab['classifier_head_inference_ratio']:.3f}x the embedding alone (ONNX Runtime, batch 32).",
+        "",
+        "| word | photo | relevant | returned | found | precision | recall | R-precision | missed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for word, w in lab["per_word"].items():
+        missed = ", ".join(w["missed_variants"]) or "-"
+        lines.append(
+            f"| {word} | {w['photo']} | {w['relevant']} | {w['returned']} | {w['found']} | {w['precision']} "
+            f"| {w['recall']} | {w['r_precision']} | {missed} |"
+        )
+    return [*lines, ""]
+
+
 def _profile(d: dict[str, Any]) -> list[str]:
     prof = d.get("profile_clip_ingest")
     if not prof:
@@ -179,12 +207,15 @@ def markdown(data: dict[str, Any], plan: Plan) -> str:
         lines.append(
             f"| `{name}` | {_fmt(f['median'])} | {_fmt(f['min'])} | {_fmt(f['max'])} | {f['unit']} |"
         )
-    lines += ["", *_stages(d), *_profile(d)]
+    lines += ["", *_stages(d), *_labels(d), *_profile(d)]
     lines += [
         "## Other details",
         "",
         "```json",
-        json.dumps({k: v for k, v in d.items() if not k.startswith(("stages_", "profile_"))}, indent=1),
+        json.dumps(
+            {k: v for k, v in d.items() if not k.startswith(("stages_", "profile_")) and k != "labels"},
+            indent=1,
+        ),
         "```",
         "",
     ]

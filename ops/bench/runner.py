@@ -16,7 +16,7 @@ import redis
 
 from actors.contract import MeshConfig
 from actors.settings import Settings
-from ops.bench import baseline, ingest, upload
+from ops.bench import baseline, ingest, labels, upload
 from ops.bench import inference as inf
 from ops.bench.data import cached_jpegs, photo_jpegs, sized_jpegs, tagged
 from ops.bench.plan import Plan
@@ -40,6 +40,7 @@ STEPS = (
     "scaling",
     "profile",
     "queries",
+    "labels",
     "uploads",
 )  # in the order they run
 
@@ -91,6 +92,7 @@ class Runner:
             self.scaling,
             self.profile,
             self.queries,
+            self.labels,
             self.uploads,
         ):
             if self.only is not None and step.__name__ not in self.only:
@@ -268,6 +270,17 @@ class Runner:
         cfg = await self._config()
         m = self.models[self.default]
         await realistic_queries(self.bench, self.plan, self.res, m, self.work_dir / "vectors", cfg)
+
+    # --- labels: text search on the default model, and the step's cost ------------------------------------
+    async def labels(self) -> None:
+        await self.bench.set_config("active_model", self.default)
+        p = self.plan
+        found = await labels.measure(
+            self.bench, self.models[self.default], p.label_copies, p.label_distractor_copies
+        )
+        self.res.details["labels"] = found
+        self.res.add("label_precision", [found["precision"]])
+        self.res.add("label_recall", [found["recall"]])
 
     async def _config(self) -> MeshConfig:
         from actors.adapters.config_client import ConfigClient

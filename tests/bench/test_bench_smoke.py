@@ -73,7 +73,13 @@ async def test_every_benchmark_produces_sane_figures(bench: BenchStack, tmp_path
     assert d["stages_clip"]["embed"]["count"] >= SMOKE.ingest_clip_n
     for key in ("fp32", "int8"):
         assert 0.0 <= d[f"sibling_recall_at_4_{key}_default"] <= 1.0
+    # label search ran through the mesh in labels mode, on every photo with a known class
+    lab = d["labels"]
+    assert lab["errors"] == 0 and lab["images"] > lab["copies_per_photo"] * lab["photos_with_known_class"]
+    assert {w["mode"] for w in lab["per_word"].values()} == {"labels"}
+    assert 0 <= lab["precision"] <= 1 and 0 <= lab["recall"] <= 1 and lab["labels_step_ms_per_image"] > 0
     report = markdown(data, SMOKE)
+    assert "## Label search" in report
     assert "| `ingest_ratio` |" in report and "cores" in report and "## Conditions" in report
     (tmp_path / "summary.json").write_text(json.dumps(data, indent=1))  # it must serialize; kept to read
     # the realistic vectors are cached: a second query step embeds nothing
