@@ -341,6 +341,8 @@ class ImageRecord(Struct, kw_only=True):
     # most probable classes first; None: never labelled (no classifier yet; the reconciler backfills), []: none
     # above label_min_score
     labels: list[Label] | None = None
+    thumbnail_key: str = ""  # the pipeline's WebP thumbnail (``GET /images/{id}/thumbnail``); "": none yet
+    filename: str = ""  # the uploaded file's name, as the client sent it (shown, never used in keys)
     trace_id: str = ""
     attempt: int = 0
     job_seq: int = 0  # the stream sequence of the record's latest job (0: not known)

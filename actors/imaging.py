@@ -5,7 +5,7 @@ at most), so a coordinator with many jobs in flight keeps answering NATS. Every 
 image's header (refusing more pixels than the cap before anything is decoded), then holds what the decode
 costs of the process's ``DecodeBudget`` (``actors.decode_budget``) until its frame is closed: 32 jobs in
 flight hold at most the budget in decoded pixels, not 32 frames. ``pixels_for`` turns bytes into each model's
-pixels and drops the frame before the job waits for Triton; ``decoded`` lends the full frame to the pipeline
+pixels and the image's thumbnail, and drops the frame before the job waits for Triton; ``decoded`` lends the full frame to the pipeline
 steps. ``stage`` times a pipeline stage into ``mesh_stage_seconds`` (``decode_wait``: waiting for the budget;
 ``preprocess``: decode and resize for every model). Bytes Pillow cannot decode become ``UndecodableImage``, an
 image over the pixel cap ``TooManyPixels`` (both permanent errors).
@@ -75,12 +75,13 @@ def _decoded(img: Image.Image) -> Image.Image:
         raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
-def _pixels_for(img: Image.Image, specs: Sequence[PreprocessSpec]) -> list[np.ndarray]:
-    rgb = _decoded(img)
+def _pixels_for(img: Image.Image, specs: Sequence[PreprocessSpec]) -> tuple[list[np.ndarray], bytes]:
     try:
-        return [preprocess.to_pixels(rgb, spec) for spec in specs]
-    finally:
-        rgb.close()
+        return preprocess.pixels_and_thumbnail(img, specs)
+    except UndecodableImage:
+        raise
+    except Exception as e:  # broad on purpose: Pillow raises many types (and plain ones) for bad bytes
+        raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
 class ImageWork:
@@ -100,8 +101,10 @@ class ImageWork:
         *,
         target: int | None = None,
         max_pixels: int | None = None,
-    ) -> list[np.ndarray]:
-        """The image's pixels for each spec; ``target``: the smallest side every spec needs (JPEG draft)."""
+    ) -> tuple[list[np.ndarray], bytes]:
+        """The image's pixels for each spec and its thumbnail (WebP, ``preprocess.THUMBNAIL_SIDE``), from one
+        decode; ``target``: the smallest side every spec needs (JPEG draft; at least the thumbnail's)."""
+        target = max(target or 0, preprocess.THUMBNAIL_SIDE)
         img = await self._run(open_header, data, target, max_pixels)
         try:
             async with self._holding(img):

@@ -1,6 +1,6 @@
 """What one step of the workflow reads and writes, for ``workflow.Pipeline``: the stored object (checked against
-its sha256), the pixels of each model (one decode), the embedding (kept in the Workflow DB) and its labels, the
-index entry (vector, tags, labels) and the record's state changes. The Protocols say what the pipeline needs of
+its sha256), the pixels of each model and the thumbnail (one decode), the embedding (kept in the Workflow DB)
+and its labels, the index entry (vector, tags, labels) and the record's state changes. The Protocols say what the pipeline needs of
 the Workflow DB, the object store, Triton, the indexer and the Config DB; tests pass fakes of them.
 """
 
@@ -14,11 +14,13 @@ import numpy as np
 import structlog
 
 from actors.adapters.embedder import ImageEmbedding
+from actors.adapters.object_store import thumbnail_key
 from actors.contract import Label, MeshConfig, PreprocessSpec, ProcessJob, Status
 from actors.decode_budget import DecodeBudget
 from actors.errors import PermanentError
 from actors.imaging import ImageWork, stage
 from actors.labels import UnknownVocabulary, vocabulary
+from actors.preprocess import THUMBNAIL_SIDE
 from actors.recorder import EventSink, Recorder, RecordStore
 
 log = structlog.get_logger("workflow")
@@ -32,6 +34,7 @@ class WorkflowRecords(RecordStore, Protocol):
 
 class ObjectReader(Protocol):
     async def get(self, key: str) -> bytes: ...
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
 
 class ImageEmbedder(Protocol):
@@ -108,16 +111,27 @@ class PipelineIO:
     def close(self) -> None:
         self.images.close()
 
-    async def _pixels(self, data: bytes, models: list[str], max_pixels: int) -> dict[str, np.ndarray]:
-        """Each model's pixels from one decode within the decode budget, the frame dropped before embedding.
+    async def _pixels(
+        self, data: bytes, models: list[str], max_pixels: int
+    ) -> tuple[dict[str, np.ndarray], bytes]:
+        """Each model's pixels and the image's thumbnail from one decode within the decode budget, the frame
+        dropped before embedding.
 
-        JPEGs decode at the smallest size every model's preprocessing can still work from (DCT scaling halves
-        the cost); the gateway's /encode and search decode the same way, so a vector does not depend on the path.
+        JPEGs decode at the smallest size every model's preprocessing (and the thumbnail) can still work from
+        (DCT scaling halves the cost); the gateway's /encode and search decode the same way, so a vector does
+        not depend on the path.
         """
         specs = [await self.embedder.preprocess_spec(m) for m in models]
         target = max(spec.resize for spec in specs)
-        arrays = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
-        return dict(zip(models, arrays, strict=True))
+        arrays, thumb = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
+        return dict(zip(models, arrays, strict=True)), thumb
+
+    async def _store_thumbnail(self, job: ProcessJob, thumb: bytes) -> str:
+        """Put the thumbnail in the object store (the same bytes for every run of the job); returns its key."""
+        key = thumbnail_key(job.image_id, THUMBNAIL_SIDE)
+        async with stage("thumbnail"):
+            await self.objects.put(key, thumb, "image/webp")
+        return key
 
     async def _fetch(self, job: ProcessJob) -> bytes:
         async with stage("fetch"):

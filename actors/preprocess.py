@@ -130,6 +130,32 @@ def pixels_for(img: Image.Image, specs: Sequence[PreprocessSpec]) -> list[np.nda
         rgb.close()
 
 
+THUMBNAIL_SIDE = 256  # the long side of the thumbnail the pipeline stores for every image
+THUMBNAIL_QUALITY = 80  # WebP quality of thumbnails and previews
+
+
+def thumbnail_webp(rgb: Image.Image, side: int) -> bytes:
+    """The image scaled to ``side`` px on its long side (never enlarged) as WebP bytes."""
+    small = rgb.copy()
+    try:
+        small.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        buf = io.BytesIO()
+        small.save(buf, format="WEBP", quality=THUMBNAIL_QUALITY, method=4)
+        return buf.getvalue()
+    finally:
+        small.close()
+
+
+def pixels_and_thumbnail(img: Image.Image, specs: Sequence[PreprocessSpec]) -> tuple[list[np.ndarray], bytes]:
+    """:func:`pixels_for` and the image's thumbnail (``THUMBNAIL_SIDE``), from the same decoded frame: open the
+    image with a draft target of at least ``THUMBNAIL_SIDE`` so that the frame is large enough for both."""
+    rgb = decode_opened(img)
+    try:
+        return [to_pixels(rgb, spec) for spec in specs], thumbnail_webp(rgb, THUMBNAIL_SIDE)
+    finally:
+        rgb.close()
+
+
 _TRANSPOSED = frozenset(range(2, 9))
 _EXIF_ORIENTATION = int(ExifTags.Base.Orientation)
 

@@ -77,8 +77,8 @@ class Repairer:
             repaired = await self._stuck(f, policy)
         elif f.kind is Kind.DONE_WITHOUT_VECTOR:
             repaired = await self._reindex(f)
-        elif f.kind is Kind.DONE_WITHOUT_LABELS:
-            repaired = await self._label(f)
+        elif f.kind in (Kind.DONE_WITHOUT_LABELS, Kind.DONE_WITHOUT_THUMBNAIL):
+            repaired = await self._complete(f)
         elif f.kind is Kind.VECTOR_WITHOUT_RECORD:
             repaired = await self.index.delete(f.image_id, f.model) > 0
         elif f.kind is Kind.ORPHAN_OBJECT:
@@ -162,15 +162,16 @@ class Repairer:
         await self._note(rec.image_id, Kind.DONE_WITHOUT_VECTOR, rec.attempt, model=f.model, how=how)
         return True
 
-    async def _label(self, f: Finding) -> bool:
-        """A done image never labelled while the active model has a classifier: a re-embed job in that model
-        (the pipeline's re-embed path labels an image that has none, and upserts its vector with them)."""
+    async def _complete(self, f: Finding) -> bool:
+        """A done image without what a newer version makes for every image (labels, a thumbnail): a re-embed
+        job in the active model; the pipeline's re-embed path makes what the record lacks."""
         rec = _record(f)
         if not await self._unchanged(rec):
             return False
-        msg_id = f"reconcile:labels:{f.model}:{rec.image_id}:{int(time.time())}"
+        what = "labels" if f.kind is Kind.DONE_WITHOUT_LABELS else "thumbnail"
+        msg_id = f"reconcile:{what}:{f.model}:{rec.image_id}:{int(time.time())}"
         await self.queue.publish_record(rec, models=[f.model], msg_id=msg_id, cause=Cause.RECONCILE)
-        await self._note(rec.image_id, Kind.DONE_WITHOUT_LABELS, rec.attempt, model=f.model, how="reembed")
+        await self._note(rec.image_id, f.kind, rec.attempt, model=f.model, how="reembed")
         return True
 
     async def _orphan_object(self, f: Finding) -> bool:

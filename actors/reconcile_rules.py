@@ -9,6 +9,7 @@ delivery, a vector indexed twice).
 | ``orphan_object`` | an object past the grace without a record or an upload intent | delete it |
 | ``done_without_vector`` | ``done`` past the grace without a vector in the active model's index | re-index it |
 | ``done_without_labels`` | ``done`` past the grace, indexed, never labelled, while the active model has a classifier | re-embed it (labels backfill) |
+| ``done_without_thumbnail`` | ``done`` past the grace, indexed, without a thumbnail (indexed before thumbnails existed) | re-embed it (the thumbnail comes from its decode) |
 | ``vector_without_record`` | a vector whose image has no record | delete it |
 | ``stale_intent`` | an upload intent whose gateway is dead, or whose image is recorded | settle it |
 
@@ -34,6 +35,7 @@ class Kind(enum.StrEnum):
     ORPHAN_OBJECT = "orphan_object"
     DONE_WITHOUT_VECTOR = "done_without_vector"
     DONE_WITHOUT_LABELS = "done_without_labels"
+    DONE_WITHOUT_THUMBNAIL = "done_without_thumbnail"
     VECTOR_WITHOUT_RECORD = "vector_without_record"
     STALE_INTENT = "stale_intent"
     # found by ``mesh check`` only: nothing safe to repair automatically
@@ -47,6 +49,7 @@ REPAIRABLE = (
     Kind.ORPHAN_OBJECT,
     Kind.DONE_WITHOUT_VECTOR,
     Kind.DONE_WITHOUT_LABELS,
+    Kind.DONE_WITHOUT_THUMBNAIL,
     Kind.VECTOR_WITHOUT_RECORD,
     Kind.STALE_INTENT,
 )
@@ -164,6 +167,8 @@ def record_kind(
         return Kind.DONE_WITHOUT_VECTOR
     if rec.status == Status.DONE and has_vector and rec.labels is None and policy.labelled:
         return Kind.DONE_WITHOUT_LABELS  # indexed before labels existed, or under a model without them
+    if rec.status == Status.DONE and has_vector and not rec.thumbnail_key:
+        return Kind.DONE_WITHOUT_THUMBNAIL  # indexed before thumbnails existed (its re-embed labels it too)
     return None
 
 

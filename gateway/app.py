@@ -25,12 +25,15 @@ from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
 from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.record_index import RecordIndex
+from actors.adapters.redis_client import redis_client
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.decode_budget import DecodeBudget
+from actors.errors import MeshError
 from actors.runtime import connect_nats
 from actors.settings import Settings
-from gateway import health, images, metrics, models, search, web
+from gateway import health, images, library, metrics, models, search, web
 from gateway.auth import ApiKeys
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
@@ -48,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         store = WorkflowStore(redis_url, settings.redis_prefix)
         embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
         intents = UploadIntents(redis_url, settings.redis_prefix)
+        listing = redis_client(redis_url)
         async with (
             ObjectStore(settings, identity="gateway") as objects,
             VectorIndex.from_settings(settings, user="gateway") as vectors,
@@ -66,7 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
                 intents=intents,
                 jobs=JobQueue(nc.jetstream()),
                 decode_budget=DecodeBudget(settings.decode_budget_bytes),
+                records=RecordIndex(listing, settings.redis_prefix),
             )
+            with contextlib.suppress(MeshError):  # Redis away at start: the first listing creates it
+                await app.state.services.records.ensure()
             sweeper = asyncio.create_task(intents.run(store, objects), name="upload-intents")
             admin_port = settings.gateway_admin_port if settings.admin_port_split else None
             log.info("gateway.started", port=settings.gateway_port, admin_port=admin_port)
@@ -75,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
         await intents.close()
+        await listing.aclose()
         await embedder.close()
         await store.close()
         try:
@@ -97,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(UploadGuard)
     metrics.install(app)
     app.include_router(images.router)
+    app.include_router(library.router)
     app.include_router(search.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -20,6 +20,7 @@ from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
 from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
+from actors.adapters.record_index import RecordIndex
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.decode_budget import DecodeBudget
@@ -47,6 +48,7 @@ class Services:
     intents: UploadIntents
     jobs: JobQueue  # durable ProcessJobs on JetStream (new uploads, healing a pending record)
     decode_budget: DecodeBudget  # bytes of decoded pixels held at once (gateway/intake.py)
+    records: RecordIndex  # the library's listing (GET /images)
 
 
 def services(request: Request) -> Services:

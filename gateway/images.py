@@ -49,6 +49,7 @@ async def upload(
         jobs=svc.jobs,
         events=svc.events,
         intents=svc.intents,
+        filename=file.filename or "",
     )
     body: dict[str, Any] = {
         "image_id": accepted.image_id,

@@ -24,12 +24,12 @@ async def get_record(svc: Services, image_id: str) -> ImageRecord:
 
 
 def record_view(rec: ImageRecord) -> dict[str, Any]:
-    """The record as the API shows it: without the object key, the replay attempt and the job's stream
-    sequence (internal)."""
+    """The record as the API shows it: without the object keys, the replay attempt and the job's stream
+    sequence (internal); with ``thumbnail_url`` (null until the pipeline made the thumbnail)."""
     body: dict[str, Any] = msgspec.to_builtins(rec)
-    body.pop("object_key", None)
-    body.pop("attempt", None)
-    body.pop("job_seq", None)
+    for internal in ("object_key", "thumbnail_key", "attempt", "job_seq"):
+        body.pop(internal, None)
+    body["thumbnail_url"] = f"images/{rec.image_id}/thumbnail" if rec.thumbnail_key else None
     return body
 
 

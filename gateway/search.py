@@ -17,13 +17,16 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, ModelNotFound
+from actors.adapters.object_store import thumbnail_key
 from actors.contract import Hit, ImageEvent, Status
 from actors.errors import ServiceCallError
 from actors.labels import UnknownVocabulary, Vocabulary, match, vocabulary
+from actors.preprocess import THUMBNAIL_SIDE
 from gateway import params
 from gateway.deps import WRITE, Services, Svc, require_api_key
 from gateway.errors import ApiError, error_responses
 from gateway.intake import embed_bytes, read_limited, validate
+from gateway.library import PREVIEW_SIDE
 from gateway.records import active_embedding, get_record
 
 # every route needs an API key with `read` (when keys are on); DELETE needs `write`
@@ -32,6 +35,7 @@ router = APIRouter(
 )
 
 IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
+THUMBNAIL_SIDES = (THUMBNAIL_SIDE, PREVIEW_SIDE)  # the pipeline's thumbnail, the preview (gateway/library.py)
 MAX_QUERY_CHARS = 1000
 
 _R400 = {"description": "bad `filter`, `k`/`offset` beyond the limits, or a bad parameter"}
@@ -258,8 +262,9 @@ async def duplicate_groups(
     },
 )
 async def delete_image(image_id: str, svc: Svc) -> Response:
-    """Delete an image everywhere: every model's index, the object store, its record, history, embeddings
-    and sha256 claim (the same bytes can be uploaded again as a new image); then `images.events.deleted`.
+    """Delete an image everywhere: every model's index, the object store (original and thumbnails), its record,
+    history, embeddings and sha256 claim (the same bytes can be uploaded again as a new image); then
+    `images.events.deleted`.
 
     `204`, then `404` for every later `DELETE` or `GET`: the end state is the same (idempotent), and the
     status says whether this call found it. The record goes last, so a `DELETE` that failed half way (503)
@@ -267,6 +272,8 @@ async def delete_image(image_id: str, svc: Svc) -> Response:
     """
     rec = await get_record(svc, image_id)
     vectors = await svc.index.delete(image_id)
+    for side in THUMBNAIL_SIDES:  # the pipeline's thumbnail and the preview, when made
+        await svc.objects.delete(thumbnail_key(image_id, side))
     await svc.objects.delete(rec.object_key)
     await svc.store.delete(image_id, rec.sha256)
     await svc.events.publish(

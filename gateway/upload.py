@@ -49,6 +49,16 @@ def new_image_id() -> str:
     return uuid.uuid4().hex
 
 
+MAX_FILENAME_CHARS = 255
+
+
+def clean_filename(name: str | None) -> str:
+    """The uploaded file's name as the library shows it: its last path part, printable characters only, at
+    most ``MAX_FILENAME_CHARS``. Shown and listed, never part of a key or a path."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable()).strip()[:MAX_FILENAME_CHARS]
+
+
 async def accept_upload(
     *,
     data: bytes,
@@ -60,6 +70,7 @@ async def accept_upload(
     jobs: JobQueue,
     events: Events,
     intents: UploadIntents,
+    filename: str = "",
 ) -> Accepted:
     """Store a validated image and queue its processing (see the module docstring for the order).
 
@@ -86,6 +97,7 @@ async def accept_upload(
         width=info.width,
         height=info.height,
         metadata=metadata,
+        filename=clean_filename(filename),
         created_at=now,
         updated_at=now,
         trace_id=trace_id,

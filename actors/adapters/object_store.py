@@ -66,6 +66,15 @@ def object_key(image_id: str) -> str:
     return f"{ORIGINALS_PREFIX}{image_id[:2]}/{image_id}"
 
 
+THUMBNAILS_PREFIX = f"{DERIVED_PREFIX}thumbs/"
+
+
+def thumbnail_key(image_id: str, side: int) -> str:
+    """The object key of an image's WebP thumbnail ``side`` px on its long side (the pipeline's 256, the
+    gateway's 1024 preview)."""
+    return f"{THUMBNAILS_PREFIX}{side}/{image_id[:2]}/{image_id}.webp"
+
+
 def _excerpt(body: bytes) -> str:
     return body[:300].decode(errors="replace")
 

@@ -1,7 +1,8 @@
 """The Workflow DB: one record per image in Redis, with its state, a timestamped history and its embedding.
 
 Keys (``P`` is ``settings.redis_prefix``):
-  ``P:image:<id>``          hash: the record's fields (see ``ImageRecord``)
+  ``P:image:<id>``          hash: the record's fields (see ``ImageRecord``), and ``mtags``/``ltags``: its metadata
+                            and labels as tag items, for the library's listing (``record_index``)
   ``P:image:<id>:history``  list of JSON ``{"status", "at", ...}``, oldest first
   ``P:sha:<sha256>``        the image id that owns these bytes (de-duplication)
   ``P:emb:<model>:<id>``    float32 bytes of the image's embedding under a model
@@ -23,7 +24,8 @@ from redis.typing import EncodableT, FieldT
 
 from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import redis_errors
-from actors.contract import Cause, ImageRecord, Status
+from actors.adapters.vector_index.names import tags_field
+from actors.contract import Cause, ImageRecord, Label, Status
 
 # Claim the sha and write the record in one step, so two concurrent uploads of the same bytes make one record.
 _CREATE = """
@@ -45,8 +47,19 @@ def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+METADATA_TAGS, LABEL_TAGS = "mtags", "ltags"  # the record's tag items (``record_index``'s filters)
+
+
+def _label_names(labels: list[Label] | list[dict[str, Any]] | None) -> list[str]:
+    return [x.name if isinstance(x, Label) else str(x["name"]) for x in labels or []]
+
+
 def _dump(fields: dict[str, Any]) -> dict[FieldT, EncodableT]:
     out: dict[FieldT, EncodableT] = {}
+    if "metadata" in fields:
+        out[METADATA_TAGS] = tags_field({str(k): str(v) for k, v in (fields["metadata"] or {}).items()})
+    if "labels" in fields:
+        out[LABEL_TAGS] = tags_field({}, _label_names(fields["labels"]))
     for k, v in fields.items():
         if k in _JSON_FIELDS:
             out[k] = json.dumps(msgspec.to_builtins(v))
@@ -65,6 +78,8 @@ def _load(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kb, vb in raw.items():
         k, v = kb.decode(), vb.decode()
+        if k in (METADATA_TAGS, LABEL_TAGS):
+            continue
         if k in _JSON_FIELDS:
             out[k] = json.loads(v) if v else None
         elif k in _INT_FIELDS:

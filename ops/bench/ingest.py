@@ -31,6 +31,7 @@ class ModelFiles:
     onnx: Path
     spec: preprocess.PreprocessSpec
     dim: int
+    labels: str | None = None  # the vocabulary of its classifier's classes (None: no classifier)
 
 
 async def model_files(bench: BenchStack, repository: Path, name: str) -> ModelFiles:
@@ -39,7 +40,7 @@ async def model_files(bench: BenchStack, repository: Path, name: str) -> ModelFi
         info = await embedder.model_info(name)
     if info.spec is None:
         raise ValueError(f"{name} is not an image model")
-    return ModelFiles(name, repository / name / "1" / "model.onnx", info.spec, info.dim)
+    return ModelFiles(name, repository / name / "1" / "model.onnx", info.spec, info.dim, info.labels)
 
 
 def ort_session(path: Path, threads: int = 0) -> Any:

@@ -203,8 +203,12 @@ class Runner:
         session = ingest.ort_session(m.onnx)
         r = redis.Redis.from_url(s.redis_server_url)
 
+        put = baseline.s3_put(s, BASELINE_PREFIX)
+
         def run_baseline(imgs: list[bytes], tag: str) -> float:
-            return baseline.baseline_ingest(imgs, m.spec, cfg, session, r, key_prefix, batch, tag)
+            return baseline.baseline_ingest(
+                imgs, m.spec, cfg, session, r, key_prefix, batch, tag, labels=m.labels, put=put
+            )
 
         # warm-up: model config caches, gRPC channels, ORT arenas (not timed)
         run_baseline(images[:8], f"{key}-warm")

@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from actors.adapters.object_store import DERIVED_PREFIX, ORIGINALS_PREFIX
+from actors.adapters.object_store import DERIVED_PREFIX, ORIGINALS_PREFIX, THUMBNAILS_PREFIX
 from actors.settings import RedisUser, S3Identity, Settings
 
 SERVICE_USERS: tuple[RedisUser, ...] = ("gateway", "coordinator", "indexer")  # the config actor uses no Redis
@@ -48,6 +48,9 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
     p = s.redis_prefix
     records = [f"~{p}:image:*", f"~{p}:sha:*", f"~{p}:emb:*"]  # records, history, sha claims, embeddings
     index_names = f"~{p}_idx_*"
+    records_index = (
+        f"~{p}_records_idx"  # the library's listing over the records (actors/adapters/record_index.py)
+    )
     return {
         # writes its own keys: records (upload, delete), sha claims, upload intents, its liveness key;
         # reads the vectors (KNN straight from Redis) and the model switch's progress
@@ -61,6 +64,7 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
             f"%R~{p}:vec:*",
             f"%R~{p}:switch:*",
             f"({index_names} {' '.join(_READER_FT)})",
+            f"({records_index} {' '.join([*_READER_FT, '+ft.create'])})",
         ],
         # the pipeline's records and embeddings, the model switch (its progress and lease), the reconciler's
         # cursors and repairs (stale intents, orphaned records); reads the vectors and the gateways' liveness
@@ -114,8 +118,14 @@ def s3_actions(s: Settings) -> dict[str, list[str]]:
     b = s.s3_bucket
     return {
         "ops": ["Admin", "Read", "Write", "List", "Tagging"],
-        # stores originals, reads them (GET /content, pre-signed URLs), deletes them (DELETE, upload rollback)
-        "gateway": [f"Read:{b}/{ORIGINALS_PREFIX}*", f"Write:{b}/{ORIGINALS_PREFIX}*"],
+        # stores originals, reads them (GET /content, pre-signed URLs), deletes them (DELETE, upload rollback);
+        # reads thumbnails, writes the previews it makes, deletes both with their image
+        "gateway": [
+            f"Read:{b}/{ORIGINALS_PREFIX}*",
+            f"Write:{b}/{ORIGINALS_PREFIX}*",
+            f"Read:{b}/{THUMBNAILS_PREFIX}*",
+            f"Write:{b}/{THUMBNAILS_PREFIX}*",
+        ],
         # reads originals, lists the bucket (the reconciler), writes only derived objects; its delete of
         # orphaned originals is the bucket policy below
         "coordinator": [

@@ -27,7 +27,7 @@ from nats.aio.client import Client
 from actors import contract
 from actors.adapters.config_client import ConfigClient
 from actors.adapters.index_client import IndexClient
-from actors.adapters.object_store import object_key
+from actors.adapters.object_store import object_key, thumbnail_key
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import DeadLetter, ImageRecord, Status
 from actors.settings import Settings
@@ -255,11 +255,12 @@ async def test_the_periodic_reconciler_repairs_on_its_own(settings: Settings, op
         await redis.aclose()
 
 
-async def test_images_indexed_before_labels_get_them_from_the_reconciler(
+async def test_images_indexed_before_labels_and_thumbnails_get_them_from_the_reconciler(
     settings: Settings, client: httpx.AsyncClient, ops_nc: Client
 ) -> None:
-    """The labels backfill: an image done and indexed without labels (as before this version) is found by
-    ``mesh check`` and labelled by ``mesh reconcile`` (a re-embed job): the record and the index get them."""
+    """The backfill of what a newer version makes for every image: an image done and indexed without labels
+    and thumbnail (as before this version), and one with labels but no thumbnail, are found by ``mesh check``
+    and completed by ``mesh reconcile`` (re-embed jobs): records, index and object store get what they lack."""
     config = ConfigClient(ops_nc)
     before_cfg = await config.read()
     await config.set("reconcile_period_s", 0)
@@ -270,10 +271,17 @@ async def test_images_indexed_before_labels_get_them_from_the_reconciler(
     try:
         img = photo("chelsea").resize((320, 240))
         image_id = await upload_id(client, jpeg(img, quality=71), metadata={"run": run})
-        [rec] = (await wait_status(client, [image_id], {"done"}, timeout_s=60)).values()
-        labels = {label["name"]: label["score"] for label in rec["labels"]}
-        assert labels, rec
-        # as an older version left it: no labels in the record, none in the index document
+        other_id = await upload_id(client, jpeg(photo("coffee").resize((300, 200)), quality=72))
+        recs = await wait_status(client, [image_id, other_id], {"done"}, timeout_s=60)
+        labels = {label["name"]: label["score"] for label in recs[image_id]["labels"]}
+        assert labels, recs[image_id]
+        # as an older version left them: no thumbnail (record and object), and for one no labels in the record
+        # and none in the index document
+        s3 = s3_client(settings)
+        for i in (image_id, other_id):
+            assert await redis.hdel(f"{p}:image:{i}", "thumbnail_key") == 1
+            s3.delete_object(Bucket=settings.s3_bucket, Key=thumbnail_key(i, 256))
+            assert (await client.get(f"/images/{i}/thumbnail")).status_code == 409
         assert await redis.hdel(f"{p}:image:{image_id}", "labels") == 1
         vector = await store.get_embedding(model, image_id)
         assert vector is not None
@@ -284,15 +292,18 @@ async def test_images_indexed_before_labels_get_them_from_the_reconciler(
         await asyncio.sleep(float(GRACE) + 0.1)  # past the grace the check and the repair leave alone
 
         code, found = await check(settings)
-        assert code == 1 and found["done_without_labels"] >= 1, found
+        assert code == 1 and found["done_without_labels"] >= 1 and found["done_without_thumbnail"] >= 1, found
         code, reply = await mesh_cli(settings, "reconcile", "--grace", GRACE)
         assert code == 0 and reply["repairs"]["done_without_labels"] >= 1, reply
+        assert reply["repairs"]["done_without_thumbnail"] >= 1, reply
 
-        async def labelled() -> bool:
+        async def completed() -> bool:
             r = (await client.get(f"/images/{image_id}")).json()
-            return bool(r["labels"]) and bool((await client.get("/search", params=mine)).json()["results"])
+            thumbs = [(await client.get(f"/images/{i}/thumbnail")).status_code for i in (image_id, other_id)]
+            found = (await client.get("/search", params=mine)).json()["results"]
+            return bool(r["labels"]) and bool(found) and thumbs == [200, 200]
 
-        await wait_until("the re-embed job labelled the image", labelled, timeout_s=60, every_s=0.5)
+        await wait_until("the re-embed jobs completed the images", completed, timeout_s=60, every_s=0.5)
         rec = (await client.get(f"/images/{image_id}")).json()
         assert {label["name"]: label["score"] for label in rec["labels"]} == pytest.approx(labels, abs=1e-3)
         assert rec["status"] == "done"
@@ -300,8 +311,12 @@ async def test_images_indexed_before_labels_get_them_from_the_reconciler(
         assert repairs == ["done_without_labels"]
         # the re-embed job's note, under the reconciler's cause
         assert [h["step"] for h in history_by(rec, "reconcile") if h.get("step") == "labels"] == ["labels"]
+        other = (await client.get(f"/images/{other_id}")).json()
+        assert [h["repair"] for h in history_by(other, "reconcile") if "repair" in h] == [
+            "done_without_thumbnail"
+        ]
         code, found = await check(settings)
-        assert found["done_without_labels"] == 0, found
+        assert found["done_without_labels"] == 0 and found["done_without_thumbnail"] == 0, found
     finally:
         await config.set("reconcile_period_s", before_cfg.reconcile_period_s)
         await store.close()

@@ -31,10 +31,11 @@ class Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[Any, ...]] = []
-        open_image, decode_opened, to_pixels = (
+        open_image, decode_opened, to_pixels, thumbnail_webp = (
             preprocess.open_image,
             preprocess.decode_opened,
             preprocess.to_pixels,
+            preprocess.thumbnail_webp,
         )
 
         def spy_open(data: bytes, target: int | None = None, max_pixels: int | None = None) -> Image.Image:
@@ -50,6 +51,12 @@ class Spy:
             self.calls.append(("to_pixels", img.size, img.mode, spec))
             return to_pixels(img, spec)
 
+        def spy_thumbnail(img: Image.Image, side: int) -> bytes:
+            data = thumbnail_webp(img, side)
+            self.calls.append(("thumbnail_webp", img.size, side, hashlib.sha256(data).hexdigest()))
+            return data
+
+        monkeypatch.setattr(preprocess, "thumbnail_webp", spy_thumbnail)
         monkeypatch.setattr(preprocess, "open_image", spy_open)
         monkeypatch.setattr(preprocess, "decode_opened", spy_decode)
         monkeypatch.setattr(preprocess, "to_pixels", spy_pixels)
@@ -68,8 +75,8 @@ def world() -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def camera_jpeg() -> bytes:
-    """A photo large enough that JPEG decodes at a reduced scale (draft) for the fake model's 32 px."""
-    return jpeg(photo("astronaut").resize((640, 480)))
+    """A photo large enough that JPEG decodes at a reduced scale (draft) for the thumbnail's 256 px."""
+    return jpeg(photo("astronaut").resize((1280, 960)))
 
 
 def _job_with(world: World, data: bytes, cfg: MeshConfig) -> ProcessJob:
@@ -103,15 +110,23 @@ async def test_the_baseline_calls_what_the_pipeline_calls_with_the_same_argument
 
     spec = await world.embedder.preprocess_spec("m1")
     # on a thread, as in the baseline's pool (the steps are coroutines: the baseline runs them on its own loop)
-    result = await asyncio.to_thread(image_work, camera_jpeg, [spec], cfg, job.image_id)
+    stored: dict[str, bytes] = {}
+    put = lambda key, data, _: stored.__setitem__(key, data)  # noqa: E731
+    result = await asyncio.to_thread(image_work, camera_jpeg, [spec], cfg, job.image_id, put)
     baseline_calls = spy.take()
 
     assert baseline_calls == mesh_calls
     opened = [c for c in mesh_calls if c[0] == "open_image"]
-    # the draft is really used: the first header read asks for the model's size and gets a reduced frame
-    assert opened[0][2:4] == (spec.resize, cfg.max_pixels) and opened[0][4] < (640, 480)
+    # the draft is really used: the first header read asks for the thumbnail's size (the fake model wants
+    # less) and gets a reduced frame
+    assert opened[0][2:4] == (preprocess.THUMBNAIL_SIDE, cfg.max_pixels) and opened[0][4] < (1280, 960)
     if cfg.pipeline_steps:  # the steps see the image at full size
-        assert opened[1][2:] == (None, cfg.max_pixels, (640, 480))
+        assert opened[1][2:] == (None, cfg.max_pixels, (1280, 960))
+    # the same thumbnail, stored under the same key
+    [(key, thumb)] = stored.items()
+    assert world.objects.objects[key] == thumb == result.thumbnail and any(
+        c[0] == "thumbnail_webp" for c in mesh_calls
+    )
     assert result.tags == upsert.tags
     # and the model gets the same pixels from both
     assert len(embedded) == len(result.pixels) == 1 and np.array_equal(embedded[0], result.pixels[0])

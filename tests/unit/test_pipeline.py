@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from actors.adapters.embedder import EmbedderError
+from actors.adapters.object_store import thumbnail_key
 from actors.contract import MeshConfig, ProcessJob, Status
 from actors.errors import PermanentError
+from actors.preprocess import THUMBNAIL_SIDE
 from actors.workflow import ContentMismatch
 from tests.unit.workflow_fakes import DIM, World, error_of
 
@@ -45,6 +49,10 @@ async def test_a_new_image_ends_done_with_its_vector_indexed_and_its_events_in_o
     assert (upsert.model, upsert.image_id, upsert.tags) == ("m1", job.image_id, {"album": "x"})
     stored = world.store.embeddings[("m1", job.image_id)]
     assert np.array_equal(world.nats.vectors()[("m1", job.image_id)], stored)
+    # its thumbnail: WebP, 256 px on the long side (the fake photo is 64 x 48: never enlarged)
+    assert rec.thumbnail_key == thumbnail_key(job.image_id, THUMBNAIL_SIDE)
+    with Image.open(io.BytesIO(world.objects.objects[rec.thumbnail_key])) as thumb:
+        assert (thumb.format, thumb.size) == ("WEBP", (64, 48))
     assert beats >= 3  # a heartbeat between the slow steps
 
     # a redelivered job for a done image changes nothing
@@ -79,7 +87,10 @@ async def test_the_switch_model_failing_leaves_the_image_done_under_the_active_o
 
 
 async def test_a_reembed_job_adds_vectors_without_touching_the_record(world: World) -> None:
-    job = world.add_image(status=Status.DONE, metadata={"exif.make": "Canon"}, model="m1")
+    thumb = thumbnail_key("img1", THUMBNAIL_SIDE)
+    job = world.add_image(
+        status=Status.DONE, metadata={"exif.make": "Canon"}, model="m1", thumbnail_key=thumb
+    )
     before = world.store.records[job.image_id]
     reembed = ProcessJob(
         image_id=job.image_id, object_key=job.object_key, sha256=job.sha256, models=["model2"]
@@ -90,6 +101,13 @@ async def test_a_reembed_job_adds_vectors_without_touching_the_record(world: Wor
     assert ("model2", job.image_id) in world.store.embeddings
     assert world.store.records[job.image_id] == before  # no state change, no history entry
     assert not world.events.published
+
+    # an image indexed before thumbnails existed gets one from its re-embed (the reconciler's backfill)
+    old = world.add_image("old1", status=Status.DONE, seed=3)
+    again = ProcessJob(image_id="old1", object_key=old.object_key, sha256=old.sha256, models=["m1"])
+    assert await world.pipeline.process(again) == "reembedded"
+    assert world.store.records["old1"].thumbnail_key == thumbnail_key("old1", THUMBNAIL_SIDE)
+    assert thumbnail_key("old1", THUMBNAIL_SIDE) in world.objects.objects
 
     # a failed re-embed is a history note, the image stays done
     await world.pipeline.fail(reembed, "undecodable", "bad")

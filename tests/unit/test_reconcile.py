@@ -52,6 +52,7 @@ ANCIENT = NOW - 10_000.0  # past what the delivery policy allows
 
 
 def rec(image_id: str, status: Status, at: float = OLD, **fields: Any) -> ImageRecord:
+    fields.setdefault("thumbnail_key", f"derived/thumbs/256/{image_id}.webp")  # made by this version
     return ImageRecord(
         image_id=image_id,
         status=status,
@@ -512,6 +513,13 @@ def test_a_done_image_never_labelled_is_an_anomaly_only_while_the_active_model_h
     assert record_kind(young, NOW, labelled, has_vector=True) is None
     # without its vector the re-index comes first (and its re-embed labels it too)
     assert record_kind(never, NOW, labelled, has_vector=False) == Kind.DONE_WITHOUT_VECTOR
+
+
+def test_a_done_image_without_a_thumbnail_is_an_anomaly() -> None:
+    old = rec("t1", Status.DONE, at=ANCIENT, labels=[], thumbnail_key="")  # indexed before thumbnails
+    assert record_kind(old, NOW, POLICY, has_vector=True) == Kind.DONE_WITHOUT_THUMBNAIL
+    assert record_kind(rec("t2", Status.DONE, at=ANCIENT), NOW, POLICY, has_vector=True) is None
+    assert record_kind(rec("t3", Status.ERROR, at=ANCIENT, thumbnail_key=""), NOW, POLICY) is None
 
 
 async def test_a_done_image_never_labelled_gets_a_reembed_job_and_its_labels_reach_the_index() -> None:

@@ -101,6 +101,9 @@ class FakeObjects:
             raise ObjectMissing(f"no object {key}")
         return self.objects[key]
 
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = data
+
 
 @dataclass
 class FakeEmbedder:
