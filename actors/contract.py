@@ -338,10 +338,10 @@ class ImageRecord(Struct, kw_only=True):
     model: str | None = None
     embedding_dim: int | None = None
     error: ErrorInfo | None = None
-    # most probable classes first; None: never labelled (no classifier yet; the reconciler backfills), []: none
-    # above label_min_score
-    labels: list[Label] | None = None
+    labels: list[Label] | None = None  # most probable first; None: never labelled; []: none above the cut
     thumbnail_key: str = ""  # the pipeline's WebP thumbnail (``GET /images/{id}/thumbnail``); "": none yet
+    copy_features_key: str = ""  # its copy-detection features (``actors/copies.py``); "": none yet
+    copy_check: str = ""  # the copy checker's version that verified its candidates; "": not yet
     filename: str = ""  # the uploaded file's name, as the client sent it (shown, never used in keys)
     trace_id: str = ""
     attempt: int = 0

@@ -27,6 +27,7 @@ from prometheus_client import Gauge
 
 from actors import contract, model_switch
 from actors.adapters.config_client import ConfigClient
+from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
@@ -44,6 +45,7 @@ from actors.contract import (
     ReconcileRequest,
     ReprocessRequest,
 )
+from actors.copy_check import CopyChecker
 from actors.decode_budget import DecodeBudget, release_freed_memory_promptly
 from actors.delivery import Action, Decision, decide
 from actors.errors import MeshError
@@ -283,6 +285,7 @@ async def main(settings: Settings) -> None:
         stack.push_async_callback(vectors.close)
         switch_redis = redis_client(redis_url)
         stack.push_async_callback(switch_redis.aclose)
+        copy_pairs = CopyPairs(switch_redis, settings.redis_prefix)
         objects = await stack.enter_async_context(ObjectStore(settings, identity="coordinator"))
         pipeline = Pipeline(
             store=store,
@@ -309,6 +312,12 @@ async def main(settings: Settings) -> None:
             objects=objects,
             index=IndexClient(proc.nc),
             embedder=embedder,  # whether the active model labels images (the labels backfill)
+            copies=copy_pairs,  # queues images whose look-alikes were never verified
+        )
+        checker = (
+            CopyChecker(  # verifies which look-alikes are copies, in the background (actors/copy_check.py)
+                pairs=copy_pairs, records=store, neighbors=vectors, objects=objects, config=config
+            )
         )
         switcher = model_switch.ModelSwitcher(
             prefix=settings.redis_prefix,
@@ -336,5 +345,6 @@ async def main(settings: Settings) -> None:
             tg.create_task(coordinator.run(stop), name="coordinator")
             tg.create_task(switcher.run(stop), name="model-switch")  # actors/model_switch.py
             tg.create_task(reconciler.run(stop), name="reconciler")  # actors/reconciler.py
+            tg.create_task(checker.run(stop, proc.nc), name="copy-check")  # actors/copy_check.py
             await proc.stopped()
             stop.set()

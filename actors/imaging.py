@@ -5,7 +5,7 @@ at most), so a coordinator with many jobs in flight keeps answering NATS. Every 
 image's header (refusing more pixels than the cap before anything is decoded), then holds what the decode
 costs of the process's ``DecodeBudget`` (``actors.decode_budget``) until its frame is closed: 32 jobs in
 flight hold at most the budget in decoded pixels, not 32 frames. ``pixels_for`` turns bytes into each model's
-pixels and the image's thumbnail, and drops the frame before the job waits for Triton; ``decoded`` lends the full frame to the pipeline
+pixels, thumbnail and copy features (``preprocess.derive``), and drops the frame before the job waits for Triton; ``decoded`` lends the full frame to the pipeline
 steps. ``stage`` times a pipeline stage into ``mesh_stage_seconds`` (``decode_wait``: waiting for the budget;
 ``preprocess``: decode and resize for every model). Bytes Pillow cannot decode become ``UndecodableImage``, an
 image over the pixel cap ``TooManyPixels`` (both permanent errors).
@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import numpy as np
 from PIL import Image
 from prometheus_client import Histogram
 
@@ -75,9 +74,9 @@ def _decoded(img: Image.Image) -> Image.Image:
         raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
-def _pixels_for(img: Image.Image, specs: Sequence[PreprocessSpec]) -> tuple[list[np.ndarray], bytes]:
+def _derive(img: Image.Image, specs: Sequence[PreprocessSpec]) -> preprocess.Derived:
     try:
-        return preprocess.pixels_and_thumbnail(img, specs)
+        return preprocess.derive(img, specs)
     except UndecodableImage:
         raise
     except Exception as e:  # broad on purpose: Pillow raises many types (and plain ones) for bad bytes
@@ -101,15 +100,15 @@ class ImageWork:
         *,
         target: int | None = None,
         max_pixels: int | None = None,
-    ) -> tuple[list[np.ndarray], bytes]:
-        """The image's pixels for each spec and its thumbnail (WebP, ``preprocess.THUMBNAIL_SIDE``), from one
-        decode; ``target``: the smallest side every spec needs (JPEG draft; at least the thumbnail's)."""
+    ) -> preprocess.Derived:
+        """The image's pixels for each spec, its thumbnail and its copy features, from one decode (``target``:
+        the smallest side every spec needs: the JPEG draft, at least the thumbnail's side)."""
         target = max(target or 0, preprocess.THUMBNAIL_SIDE)
         img = await self._run(open_header, data, target, max_pixels)
         try:
             async with self._holding(img):
                 async with stage("preprocess"):
-                    return await self._run(_pixels_for, img, specs)
+                    return await self._run(_derive, img, specs)
         finally:
             img.close()
 

@@ -1,11 +1,12 @@
 """What one step of the workflow reads and writes, for ``workflow.Pipeline``: the stored object (checked against
-its sha256), the pixels of each model and the thumbnail (one decode), the embedding (kept in the Workflow DB)
+its sha256), the pixels of each model, the thumbnail and the copy features (one decode), the embedding (kept in the Workflow DB)
 and its labels, the index entry (vector, tags, labels) and the record's state changes. The Protocols say what the pipeline needs of
 the Workflow DB, the object store, Triton, the indexer and the Config DB; tests pass fakes of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -14,13 +15,13 @@ import numpy as np
 import structlog
 
 from actors.adapters.embedder import ImageEmbedding
-from actors.adapters.object_store import thumbnail_key
+from actors.adapters.object_store import copy_features_key, thumbnail_key
 from actors.contract import Label, MeshConfig, PreprocessSpec, ProcessJob, Status
 from actors.decode_budget import DecodeBudget
 from actors.errors import PermanentError
 from actors.imaging import ImageWork, stage
 from actors.labels import UnknownVocabulary, vocabulary
-from actors.preprocess import THUMBNAIL_SIDE
+from actors.preprocess import THUMBNAIL_SIDE, Derived
 from actors.recorder import EventSink, Recorder, RecordStore
 
 log = structlog.get_logger("workflow")
@@ -113,9 +114,9 @@ class PipelineIO:
 
     async def _pixels(
         self, data: bytes, models: list[str], max_pixels: int
-    ) -> tuple[dict[str, np.ndarray], bytes]:
-        """Each model's pixels and the image's thumbnail from one decode within the decode budget, the frame
-        dropped before embedding.
+    ) -> tuple[dict[str, np.ndarray], Derived]:
+        """Each model's pixels, the image's thumbnail and its copy features from one decode within the decode
+        budget, the frame dropped before embedding.
 
         JPEGs decode at the smallest size every model's preprocessing (and the thumbnail) can still work from
         (DCT scaling halves the cost); the gateway's /encode and search decode the same way, so a vector does
@@ -123,15 +124,19 @@ class PipelineIO:
         """
         specs = [await self.embedder.preprocess_spec(m) for m in models]
         target = max(spec.resize for spec in specs)
-        arrays, thumb = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
-        return dict(zip(models, arrays, strict=True)), thumb
+        derived = await self.images.pixels_for(data, specs, target=target, max_pixels=max_pixels)
+        return dict(zip(models, derived.pixels, strict=True)), derived
 
-    async def _store_thumbnail(self, job: ProcessJob, thumb: bytes) -> str:
-        """Put the thumbnail in the object store (the same bytes for every run of the job); returns its key."""
-        key = thumbnail_key(job.image_id, THUMBNAIL_SIDE)
-        async with stage("thumbnail"):
-            await self.objects.put(key, thumb, "image/webp")
-        return key
+    async def _store_derived(self, job: ProcessJob, derived: Derived) -> dict[str, str]:
+        """Put the thumbnail and the copy features in the object store (the same bytes for every run of the
+        job); returns the record's fields that name them."""
+        thumb, feats = thumbnail_key(job.image_id, THUMBNAIL_SIDE), copy_features_key(job.image_id)
+        async with stage("derived"):
+            await asyncio.gather(
+                self.objects.put(thumb, derived.thumbnail, "image/webp"),
+                self.objects.put(feats, derived.copy_features, "application/octet-stream"),
+            )
+        return {"thumbnail_key": thumb, "copy_features_key": feats}
 
     async def _fetch(self, job: ProcessJob) -> bytes:
         async with stage("fetch"):

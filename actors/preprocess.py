@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageMode, ImageOps
 
+from actors import copies
 from actors.contract import PreprocessSpec
+
+# HEIC/HEIF (phone photos) is read by pillow-heif's opener, AVIF by Pillow's own plugin. Registered here, in the
+# module every decoder of the mesh imports (the coordinator's pipeline through actors.imaging, the gateway's
+# validation and search), so that the pipeline decodes what the gateway accepts (gateway/formats.py ACCEPTED).
+# Pillow's plugins load first (Image.init) so that an AVIF whose major brand is the generic mif1 is tried as
+# AVIF before pillow-heif claims it (no AV1 decoder in its libheif). Thumbnails, depth and auxiliary images
+# are never read. Idempotent.
+Image.init()
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
@@ -146,12 +158,27 @@ def thumbnail_webp(rgb: Image.Image, side: int) -> bytes:
         small.close()
 
 
-def pixels_and_thumbnail(img: Image.Image, specs: Sequence[PreprocessSpec]) -> tuple[list[np.ndarray], bytes]:
-    """:func:`pixels_for` and the image's thumbnail (``THUMBNAIL_SIDE``), from the same decoded frame: open the
-    image with a draft target of at least ``THUMBNAIL_SIDE`` so that the frame is large enough for both."""
+@dataclass(frozen=True)
+class Derived:
+    """What the pipeline makes from one decode of an image: each model's pixels, the thumbnail (WebP) and the
+    copy-detection features (``actors.copies``, serialized)."""
+
+    pixels: list[np.ndarray]
+    thumbnail: bytes
+    copy_features: bytes
+
+
+def derive(img: Image.Image, specs: Sequence[PreprocessSpec]) -> Derived:
+    """Decode an image from :func:`open_image` (opened with a draft target of at least ``THUMBNAIL_SIDE``, so
+    the frame serves every product) and make everything the pipeline needs of its pixels; the frame is closed
+    before returning."""
     rgb = decode_opened(img)
     try:
-        return [to_pixels(rgb, spec) for spec in specs], thumbnail_webp(rgb, THUMBNAIL_SIDE)
+        return Derived(
+            pixels=[to_pixels(rgb, spec) for spec in specs],
+            thumbnail=thumbnail_webp(rgb, THUMBNAIL_SIDE),
+            copy_features=copies.features(rgb).to_bytes(),
+        )
     finally:
         rgb.close()
 

@@ -11,6 +11,7 @@ recorded) is not counted.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +52,10 @@ class IntentSettler(Protocol):
     async def forget(self, object_key: str) -> None: ...
 
 
+class CopyQueue(Protocol):
+    async def enqueue(self, image_ids: Iterable[str], at: float | None = None) -> int: ...
+
+
 class Repairer:
     """Carries out one finding's repair; ``RetryableError`` when a dependency is down (nothing half done
     matters: the next pass finds what is left)."""
@@ -65,9 +70,11 @@ class Repairer:
         index: Index,
         objects: ObjectDeleter,
         intents: IntentSettler,
+        copies: CopyQueue | None = None,
     ) -> None:
         self.store, self.recorder, self.queue, self.js = store, recorder, queue, js
         self.index, self.objects, self.intents = index, objects, intents
+        self.copies = copies
 
     async def repair(self, f: Finding, policy: Policy) -> bool:
         """Repair ``f``; True when something was repaired (and counted)."""
@@ -77,8 +84,10 @@ class Repairer:
             repaired = await self._stuck(f, policy)
         elif f.kind is Kind.DONE_WITHOUT_VECTOR:
             repaired = await self._reindex(f)
-        elif f.kind in (Kind.DONE_WITHOUT_LABELS, Kind.DONE_WITHOUT_THUMBNAIL):
+        elif f.kind in (Kind.DONE_WITHOUT_LABELS, Kind.DONE_WITHOUT_DERIVED):
             repaired = await self._complete(f)
+        elif f.kind is Kind.DONE_WITHOUT_COPY_CHECK:
+            repaired = await self._queue_copy_check(f)
         elif f.kind is Kind.VECTOR_WITHOUT_RECORD:
             repaired = await self.index.delete(f.image_id, f.model) > 0
         elif f.kind is Kind.ORPHAN_OBJECT:
@@ -168,10 +177,18 @@ class Repairer:
         rec = _record(f)
         if not await self._unchanged(rec):
             return False
-        what = "labels" if f.kind is Kind.DONE_WITHOUT_LABELS else "thumbnail"
+        what = "labels" if f.kind is Kind.DONE_WITHOUT_LABELS else "derived"
         msg_id = f"reconcile:{what}:{f.model}:{rec.image_id}:{int(time.time())}"
         await self.queue.publish_record(rec, models=[f.model], msg_id=msg_id, cause=Cause.RECONCILE)
         await self._note(rec.image_id, f.kind, rec.attempt, model=f.model, how="reembed")
+        return True
+
+    async def _queue_copy_check(self, f: Finding) -> bool:
+        """A done image whose look-alikes this version never verified: into the copy checker's queue."""
+        if self.copies is None or not await self.copies.enqueue([f.image_id]):
+            return False  # no checker here, or queued already
+        rec = _record(f)
+        await self._note(rec.image_id, Kind.DONE_WITHOUT_COPY_CHECK, rec.attempt, how="queued")
         return True
 
     async def _orphan_object(self, f: Finding) -> bool:

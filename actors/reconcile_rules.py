@@ -9,7 +9,8 @@ delivery, a vector indexed twice).
 | ``orphan_object`` | an object past the grace without a record or an upload intent | delete it |
 | ``done_without_vector`` | ``done`` past the grace without a vector in the active model's index | re-index it |
 | ``done_without_labels`` | ``done`` past the grace, indexed, never labelled, while the active model has a classifier | re-embed it (labels backfill) |
-| ``done_without_thumbnail`` | ``done`` past the grace, indexed, without a thumbnail (indexed before thumbnails existed) | re-embed it (the thumbnail comes from its decode) |
+| ``done_without_derived`` | ``done`` past the grace, indexed, without a thumbnail or copy features (indexed before they existed) | re-embed it (both come from its decode) |
+| ``done_without_copy_check`` | ``done`` past the grace with copy features, its look-alikes not verified by this version's copy checker | queue it for the checker |
 | ``vector_without_record`` | a vector whose image has no record | delete it |
 | ``stale_intent`` | an upload intent whose gateway is dead, or whose image is recorded | settle it |
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.contract import ImageRecord, MeshConfig, Status
+from actors.copies import COPY_CHECK_VERSION
 from actors.delivery import backoff_delay
 from actors.outage import OUTAGE_POLICY
 
@@ -35,7 +37,8 @@ class Kind(enum.StrEnum):
     ORPHAN_OBJECT = "orphan_object"
     DONE_WITHOUT_VECTOR = "done_without_vector"
     DONE_WITHOUT_LABELS = "done_without_labels"
-    DONE_WITHOUT_THUMBNAIL = "done_without_thumbnail"
+    DONE_WITHOUT_DERIVED = "done_without_derived"
+    DONE_WITHOUT_COPY_CHECK = "done_without_copy_check"
     VECTOR_WITHOUT_RECORD = "vector_without_record"
     STALE_INTENT = "stale_intent"
     # found by ``mesh check`` only: nothing safe to repair automatically
@@ -49,7 +52,8 @@ REPAIRABLE = (
     Kind.ORPHAN_OBJECT,
     Kind.DONE_WITHOUT_VECTOR,
     Kind.DONE_WITHOUT_LABELS,
-    Kind.DONE_WITHOUT_THUMBNAIL,
+    Kind.DONE_WITHOUT_DERIVED,
+    Kind.DONE_WITHOUT_COPY_CHECK,
     Kind.VECTOR_WITHOUT_RECORD,
     Kind.STALE_INTENT,
 )
@@ -167,8 +171,10 @@ def record_kind(
         return Kind.DONE_WITHOUT_VECTOR
     if rec.status == Status.DONE and has_vector and rec.labels is None and policy.labelled:
         return Kind.DONE_WITHOUT_LABELS  # indexed before labels existed, or under a model without them
-    if rec.status == Status.DONE and has_vector and not rec.thumbnail_key:
-        return Kind.DONE_WITHOUT_THUMBNAIL  # indexed before thumbnails existed (its re-embed labels it too)
+    if rec.status == Status.DONE and has_vector and not (rec.thumbnail_key and rec.copy_features_key):
+        return Kind.DONE_WITHOUT_DERIVED  # indexed before they existed (its re-embed labels it too)
+    if rec.status == Status.DONE and has_vector and rec.copy_check != COPY_CHECK_VERSION:
+        return Kind.DONE_WITHOUT_COPY_CHECK  # lost from the checker's queue, or checked by an older version
     return None
 
 

@@ -5,7 +5,7 @@ memory), so a batch costs the same however large the library:
 
 | source | walk | anomalies (``reconcile_rules.Kind``) |
 | --- | --- | --- |
-| ``records`` | ``SCAN`` of the records | pending without job, stuck, done without vector, labels or thumbnail, two ``done`` from one delivery |
+| ``records`` | ``SCAN`` of the records | pending without job, stuck, done without vector, labels, thumbnail or copy check, two ``done`` from one delivery |
 | ``vectors`` | ``SCAN`` of every model's vectors | vector without record (and the documents, for "indexed twice") |
 | ``objects`` | ``ListObjectsV2`` pages of the originals | object without record or intent |
 | ``intents`` | ``HSCAN`` of the upload intents | stale intent |
@@ -46,7 +46,7 @@ from actors.reconcile_rules import (
 
 NATS_ERRORS = (nats.errors.Error, OSError)
 # repaired in the active model
-_ACTIVE_MODEL_KINDS = (Kind.DONE_WITHOUT_VECTOR, Kind.DONE_WITHOUT_LABELS, Kind.DONE_WITHOUT_THUMBNAIL)
+_ACTIVE_MODEL_KINDS = (Kind.DONE_WITHOUT_VECTOR, Kind.DONE_WITHOUT_LABELS, Kind.DONE_WITHOUT_DERIVED)
 
 
 class Source(enum.StrEnum):

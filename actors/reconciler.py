@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
+from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.index_client import IndexClient
 from actors.adapters.job_queue import JobQueue
@@ -225,6 +226,7 @@ def reconciler_for(
     objects: ObjectStore,
     index: IndexClient,
     embedder: Embedder | None = None,
+    copies: CopyPairs | None = None,
 ) -> Reconciler:
     """The coordinator's reconciler over the clients the process has opened (none is closed here)."""
     intents = IntentTable(redis, settings.redis_prefix)
@@ -243,6 +245,7 @@ def reconciler_for(
         index=index,
         objects=objects,
         intents=intents,
+        copies=copies,
     )
     return Reconciler(
         prefix=settings.redis_prefix,

@@ -76,11 +76,11 @@ class Pipeline(PipelineIO):
         await self._transition(job, Status.PROCESSING)
         data = await self._fetch(job)
         await beat()
-        pixels, thumb = await self._pixels(data, models, cfg.max_pixels)
-        thumb_key = await self._store_thumbnail(job, thumb)
+        pixels, derived = await self._pixels(data, models, cfg.max_pixels)
+        keys = await self._store_derived(job, derived)
         tags = await self._run_steps(job, rec, cfg, data, beat)
         dim = await self._index_new_image(job, rec, cfg, models, pixels, tags, beat)
-        await self._transition(job, Status.INDEXED, model=models[0], thumbnail_key=thumb_key)
+        await self._transition(job, Status.INDEXED, model=models[0], **keys)
         await self._transition(job, Status.DONE, error=None)
 
         elapsed = time.perf_counter() - started
@@ -174,15 +174,15 @@ class Pipeline(PipelineIO):
     async def _reembed(self, job: ProcessJob, rec: ImageRecord, beat: Heartbeat) -> str:
         """Add the vectors of ``job.models`` to a done image: no state change, no history entry.
 
-        An image without a thumbnail or labels gets them here (the reconciler's backfill publishes such jobs):
-        the thumbnail from the same decode, the labels from a model with a classifier, written into the record
+        An image without a thumbnail, copy features or labels gets them here (the reconciler's backfill
+        publishes such jobs): the thumbnail and copy features from the same decode, the labels from a model with a classifier, written into the record
         (labels with a ``labels`` note) before any vector is upserted."""
         started = time.perf_counter()
         cfg = await self.config.get()
         data = await self._fetch(job)
-        pixels, thumb = await self._pixels(data, job.models, cfg.max_pixels)
-        if not rec.thumbnail_key:  # indexed before thumbnails existed (the reconciler's backfill)
-            await self.recorder.update(job.image_id, thumbnail_key=await self._store_thumbnail(job, thumb))
+        pixels, derived = await self._pixels(data, job.models, cfg.max_pixels)
+        if not (rec.thumbnail_key and rec.copy_features_key):  # made before they existed (the backfill)
+            await self.recorder.update(job.image_id, **await self._store_derived(job, derived))
         tags = metadata_tags(rec.metadata)  # the steps' fields are in the record's metadata already
         embs = {model: await self._embed(job, model, pixels[model], beat) for model in job.models}
         labels = rec.labels

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from nats.errors import Error as NatsError
 
 from actors.adapters.config_client import ConfigClient
+from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
@@ -33,7 +34,7 @@ from actors.decode_budget import DecodeBudget
 from actors.errors import MeshError
 from actors.runtime import connect_nats
 from actors.settings import Settings
-from gateway import health, images, library, metrics, models, search, web
+from gateway import duplicates, health, images, library, metrics, models, search, web
 from gateway.auth import ApiKeys
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
                 jobs=JobQueue(nc.jetstream()),
                 decode_budget=DecodeBudget(settings.decode_budget_bytes),
                 records=RecordIndex(listing, settings.redis_prefix),
+                copies=CopyPairs(listing, settings.redis_prefix),
             )
             with contextlib.suppress(MeshError):  # Redis away at start: the first listing creates it
                 await app.state.services.records.ensure()
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(images.router)
     app.include_router(library.router)
     app.include_router(search.router)
+    app.include_router(duplicates.router)
     app.include_router(models.router)
     app.include_router(health.router)
     if not split:

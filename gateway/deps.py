@@ -15,6 +15,7 @@ from fastapi import Depends, Header, Request
 from nats.aio.client import Client
 
 from actors.adapters.config_client import ConfigClient
+from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
@@ -49,6 +50,7 @@ class Services:
     jobs: JobQueue  # durable ProcessJobs on JetStream (new uploads, healing a pending record)
     decode_budget: DecodeBudget  # bytes of decoded pixels held at once (gateway/intake.py)
     records: RecordIndex  # the library's listing (GET /images)
+    copies: CopyPairs  # the copy checker's verdicts (GET /duplicates, /images/{id}/duplicates)
 
 
 def services(request: Request) -> Services:

@@ -1,4 +1,5 @@
-"""Search beyond the seed: text to image, query by an image that is not stored, near-duplicates, delete.
+"""Search beyond the seed: text to image, query by an image that is not stored, delete (duplicates:
+``gateway/duplicates.py``).
 
 Every search runs in the index of the active model (``config.active_model``); filters and pages work as in
 ``gateway/params.py``. Near-duplicate means a cosine similarity at or above ``near_duplicate_threshold``
@@ -17,9 +18,8 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from actors.adapters.embedder import EmbedderException, EmbedderUnavailable, ModelNotFound
-from actors.adapters.object_store import thumbnail_key
+from actors.adapters.object_store import copy_features_key, thumbnail_key
 from actors.contract import Hit, ImageEvent, Status
-from actors.errors import ServiceCallError
 from actors.labels import UnknownVocabulary, Vocabulary, match, vocabulary
 from actors.preprocess import THUMBNAIL_SIDE
 from gateway import params
@@ -27,7 +27,7 @@ from gateway.deps import WRITE, Services, Svc, require_api_key
 from gateway.errors import ApiError, error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.library import PREVIEW_SIDE
-from gateway.records import active_embedding, get_record
+from gateway.records import get_record
 
 # every route needs an API key with `read` (when keys are on); DELETE needs `write`
 router = APIRouter(
@@ -177,79 +177,6 @@ async def search_image(
     return {"model": model, "results": hits_view(hits)}
 
 
-ThresholdParam = Annotated[
-    float | None,
-    Query(gt=0, le=1, description="cosine similarity cut (default: the config's near_duplicate_threshold)"),
-]
-
-
-@router.get(
-    "/images/{image_id}/duplicates",
-    responses={400: _R400, 404: {"description": "unknown image"}, 409: {"description": "not indexed yet"}},
-)
-async def image_duplicates(
-    image_id: str,
-    svc: Svc,
-    k: params.KParam = None,
-    offset: params.OffsetParam = 0,
-    threshold: ThresholdParam = None,
-) -> dict[str, Any]:
-    """The near-duplicates of a stored image: the others at least `threshold` similar, best first.
-
-    A range query (`VECTOR_RANGE`) in the active model's index, paged with `k`/`offset` like `/similar`.
-    """
-    cfg = await svc.config.get()
-    size = params.page_size(k, offset, cfg)
-    cut = threshold if threshold is not None else cfg.near_duplicate_threshold
-    model, vec = await active_embedding(svc, image_id, cfg.active_model)
-    hits = await svc.search.query(model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
-    return {"image_id": image_id, "model": model, "threshold": cut, "results": hits_view(hits)}
-
-
-@router.get(
-    "/duplicates",
-    responses={
-        400: {
-            "description": "bad parameter, the index over the indexer's max_images (20000), or a threshold so "
-            "low that the images have more than 50 near pairs each on average (`too_many_pairs`)"
-        },
-        503: _R503,
-    },
-)
-async def duplicate_groups(
-    svc: Svc,
-    limit: Annotated[int, Query(ge=1, le=1000, description="groups per page")] = 50,
-    cursor: Annotated[
-        str, Query(max_length=200, description="`next_cursor` of the previous page; empty for the first")
-    ] = "",
-    threshold: ThresholdParam = None,
-) -> dict[str, Any]:
-    """Near-duplicate groups of the active model's index, a page at a time.
-
-    A group is a connected component of the graph "cosine >= threshold" (two images can share a group
-    through a third). Groups of two or more, each sorted, ordered by their smallest id; `next_cursor` is null
-    on the last page. Cost: every call scans the whole index in the indexer (one range query per image,
-    pipelined), O(N) Redis work; refused above 20000 images, and at a threshold so low that the images have
-    more than 50 near pairs each on average (`too_many_pairs`: nearly everything is near everything).
-    """
-    cfg = await svc.config.get()
-    cut = threshold if threshold is not None else cfg.near_duplicate_threshold
-    try:
-        reply = await svc.index.groups(cfg.active_model, cut, limit=limit, cursor=cursor)
-    except ServiceCallError as e:
-        if e.retryable:
-            raise
-        raise ApiError(400, "index_refused", e.description) from e
-    return {
-        "model": reply.model,
-        "threshold": reply.threshold,
-        "images": reply.images,
-        "total_groups": reply.total_groups,
-        "groups": [{"image_ids": g, "size": len(g)} for g in reply.groups],
-        "next_cursor": reply.next_cursor,
-    }
-
-
 @router.delete(
     "/images/{image_id}",
     status_code=204,
@@ -274,6 +201,8 @@ async def delete_image(image_id: str, svc: Svc) -> Response:
     vectors = await svc.index.delete(image_id)
     for side in THUMBNAIL_SIDES:  # the pipeline's thumbnail and the preview, when made
         await svc.objects.delete(thumbnail_key(image_id, side))
+    await svc.objects.delete(copy_features_key(image_id))
+    await svc.copies.forget(image_id)  # its copy verdicts, both ways
     await svc.objects.delete(rec.object_key)
     await svc.store.delete(image_id, rec.sha256)
     await svc.events.publish(

@@ -67,6 +67,12 @@ def object_key(image_id: str) -> str:
 
 
 THUMBNAILS_PREFIX = f"{DERIVED_PREFIX}thumbs/"
+COPY_FEATURES_PREFIX = f"{DERIVED_PREFIX}copies/"
+
+
+def copy_features_key(image_id: str) -> str:
+    """The object key of an image's copy-detection features (``actors.copies.Features.to_bytes``)."""
+    return f"{COPY_FEATURES_PREFIX}{image_id[:2]}/{image_id}.orb"
 
 
 def thumbnail_key(image_id: str, side: int) -> str:

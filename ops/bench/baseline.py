@@ -3,8 +3,8 @@
 Per image, ``image_work`` runs the coordinator's own functions with the coordinator's arguments
 (``Pipeline._pixels`` and ``Pipeline._run_steps`` in ``actors/workflow.py``): the header read with the pixel
 cap and the JPEG draft target (the largest ``resize`` of the models the image is embedded with, at least the
-thumbnail's side), ``actors.preprocess.pixels_and_thumbnail`` (decode, EXIF orientation, RGB, ``to_pixels``
-per model, the WebP thumbnail), the thumbnail's PUT to the object store, and every pipeline step the
+thumbnail's side), ``actors.preprocess.derive`` (decode, EXIF orientation, RGB, ``to_pixels`` per model, the
+WebP thumbnail, the copy features), their PUTs to the object store, and every pipeline step the
 configuration names, on the image decoded at full size. ``tests/unit/test_bench_equal_work.py`` pins that both
 call the same functions with the same arguments.
 
@@ -36,7 +36,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from actors import imaging, preprocess
-from actors.adapters.object_store import thumbnail_key
+from actors.adapters.object_store import copy_features_key, thumbnail_key
 from actors.adapters.vector_index import (
     ID_FIELD,
     TAGS_FIELD,
@@ -74,16 +74,17 @@ def image_work(
     target = max(max(spec.resize for spec in specs), preprocess.THUMBNAIL_SIDE)
     img = imaging.open_header(data, target, cfg.max_pixels)
     try:
-        arrays, thumb = preprocess.pixels_and_thumbnail(img, specs)
+        derived = preprocess.derive(img, specs)
     finally:
         img.close()
-    if put is not None:
-        put(thumbnail_key(image_id, preprocess.THUMBNAIL_SIDE), thumb, "image/webp")
+    if put is not None:  # Pipeline._store_derived
+        put(thumbnail_key(image_id, preprocess.THUMBNAIL_SIDE), derived.thumbnail, "image/webp")
+        put(copy_features_key(image_id), derived.copy_features, "application/octet-stream")
     # Pipeline._run_steps: the configured steps on the image at full size
     tags = metadata_tags({})
     if cfg.pipeline_steps:
         tags = _run_steps(data, cfg, image_id)
-    return ImageResult(arrays, tags, thumb)
+    return ImageResult(derived.pixels, tags, derived.thumbnail)
 
 
 async def _no_note(step: str, detail: dict[str, Any]) -> None:

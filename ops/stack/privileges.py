@@ -24,7 +24,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from actors.adapters.object_store import DERIVED_PREFIX, ORIGINALS_PREFIX, THUMBNAILS_PREFIX
+from actors.adapters.object_store import (
+    COPY_FEATURES_PREFIX,
+    DERIVED_PREFIX,
+    ORIGINALS_PREFIX,
+    THUMBNAILS_PREFIX,
+)
 from actors.settings import RedisUser, S3Identity, Settings
 
 SERVICE_USERS: tuple[RedisUser, ...] = ("gateway", "coordinator", "indexer")  # the config actor uses no Redis
@@ -46,7 +51,8 @@ def _cmds(names: str) -> list[str]:
 def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
     """Each service user's ACL rules (no password): ``{user: [rule, ...]}``."""
     p = s.redis_prefix
-    records = [f"~{p}:image:*", f"~{p}:sha:*", f"~{p}:emb:*"]  # records, history, sha claims, embeddings
+    # records, history, sha claims, embeddings, verified copy pairs
+    records = [f"~{p}:image:*", f"~{p}:sha:*", f"~{p}:emb:*", f"~{p}:copies:*"]
     index_names = f"~{p}_idx_*"
     records_index = (
         f"~{p}_records_idx"  # the library's listing over the records (actors/adapters/record_index.py)
@@ -57,8 +63,11 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
         "gateway": [
             *_BASE,
             *_SCRIPTS,
-            *_cmds("get set exists del hget hgetall hmget hset hdel hscan lrange rpush scan"),
+            *_cmds(
+                "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan zrem zcard zrange"
+            ),
             *records,
+            f"~{p}:copyq",
             f"~{p}:upload_intents",
             f"~{p}:gateway:*",
             f"%R~{p}:vec:*",
@@ -71,8 +80,12 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
         "coordinator": [
             *_BASE,
             *_SCRIPTS,
-            *_cmds("get set exists del hget hgetall hmget hset hdel hscan lrange rpush scan pexpire pttl"),
+            *_cmds(
+                "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan pexpire pttl"
+            ),
+            *_cmds("zadd zpopmin zrange zcard zrem"),  # the copy checker's queue
             *records,
+            f"~{p}:copyq",
             f"~{p}:switch:*",
             f"~{p}:reconcile:*",
             f"~{p}:upload_intents",
@@ -125,6 +138,7 @@ def s3_actions(s: Settings) -> dict[str, list[str]]:
             f"Write:{b}/{ORIGINALS_PREFIX}*",
             f"Read:{b}/{THUMBNAILS_PREFIX}*",
             f"Write:{b}/{THUMBNAILS_PREFIX}*",
+            f"Write:{b}/{COPY_FEATURES_PREFIX}*",  # deletes an image's copy features with it
         ],
         # reads originals, lists the bucket (the reconciler), writes only derived objects; its delete of
         # orphaned originals is the bucket policy below

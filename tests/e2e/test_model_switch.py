@@ -212,7 +212,9 @@ async def test_switching_the_active_model_without_downtime(
             for hit in body["results"]:
                 want = cosine(query, stored_embedding(settings, NEW, hit["image_id"]))
                 assert abs(hit["score"] - want) < 1e-4, (hit, want)
-            dup = await client.get(f"/images/{image_id}/duplicates", params={"threshold": 0.01})
+            dup = await client.get(
+                f"/images/{image_id}/duplicates", params={"threshold": 0.01, "mode": "similar"}
+            )
             assert dup.status_code == 200 and dup.json()["model"] == NEW
 
         # the labels came along into the new index: a text search there (its text tower) filters by them

@@ -292,10 +292,10 @@ async def test_images_indexed_before_labels_and_thumbnails_get_them_from_the_rec
         await asyncio.sleep(float(GRACE) + 0.1)  # past the grace the check and the repair leave alone
 
         code, found = await check(settings)
-        assert code == 1 and found["done_without_labels"] >= 1 and found["done_without_thumbnail"] >= 1, found
+        assert code == 1 and found["done_without_labels"] >= 1 and found["done_without_derived"] >= 1, found
         code, reply = await mesh_cli(settings, "reconcile", "--grace", GRACE)
         assert code == 0 and reply["repairs"]["done_without_labels"] >= 1, reply
-        assert reply["repairs"]["done_without_thumbnail"] >= 1, reply
+        assert reply["repairs"]["done_without_derived"] >= 1, reply
 
         async def completed() -> bool:
             r = (await client.get(f"/images/{image_id}")).json()
@@ -313,10 +313,10 @@ async def test_images_indexed_before_labels_and_thumbnails_get_them_from_the_rec
         assert [h["step"] for h in history_by(rec, "reconcile") if h.get("step") == "labels"] == ["labels"]
         other = (await client.get(f"/images/{other_id}")).json()
         assert [h["repair"] for h in history_by(other, "reconcile") if "repair" in h] == [
-            "done_without_thumbnail"
+            "done_without_derived"
         ]
         code, found = await check(settings)
-        assert found["done_without_labels"] == 0 and found["done_without_thumbnail"] == 0, found
+        assert found["done_without_labels"] == 0 and found["done_without_derived"] == 0, found
     finally:
         await config.set("reconcile_period_s", before_cfg.reconcile_period_s)
         await store.close()

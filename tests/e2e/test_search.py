@@ -289,9 +289,10 @@ async def test_query_by_upload_finds_the_original_and_stores_nothing(
 
 
 # --- near-duplicates ---------------------------------------------------------------------------------------
-async def test_duplicate_groups_precision_and_recall_at_the_default_threshold(
+async def test_similar_groups_precision_and_recall_at_the_default_threshold(
     client: httpx.AsyncClient,
 ) -> None:
+    """The cosine-only tier (``mode=similar``): every group says so."""
     images = sibling_set()
     ids = await upload_all(client, [data for _, _, data in images], {})
     group_of = dict(zip(ids, (g for g, _, _ in images), strict=True))
@@ -300,10 +301,10 @@ async def test_duplicate_groups_precision_and_recall_at_the_default_threshold(
     cursor: str | None = ""
     pages = 0
     while cursor is not None:
-        r = await client.get("/duplicates", params={"limit": 3, "cursor": cursor})
+        r = await client.get("/duplicates", params={"limit": 3, "cursor": cursor, "mode": "similar"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["model"] == DEFAULT_MODEL
+        assert body["model"] == DEFAULT_MODEL and {g["tier"] for g in body["groups"]} <= {"similar"}
         assert body["threshold"] == MeshConfig().near_duplicate_threshold
         assert all(g["size"] == len(g["image_ids"]) >= 2 for g in body["groups"])
         groups += [g["image_ids"] for g in body["groups"]]
@@ -327,15 +328,87 @@ async def test_duplicate_groups_precision_and_recall_at_the_default_threshold(
     astronaut = next(
         i for i, (g, v, _) in zip(ids, images, strict=True) if (g, v) == ("astronaut", "original")
     )
-    r = await client.get(f"/images/{astronaut}/duplicates")
+    r = await client.get(f"/images/{astronaut}/duplicates", params={"mode": "similar"})
     assert r.status_code == 200, r.text
     body = r.json()
     found = [h["image_id"] for h in body["results"]]
+    assert {h["tier"] for h in body["results"]} == {"similar"}
     assert astronaut not in found and all(h["score"] >= body["threshold"] - TIE for h in body["results"])
     siblings = {i for i in ids if group_of[i] == "astronaut" and i != astronaut}
     assert len(siblings & set(found)) >= 3, body
-    loose = (await client.get(f"/images/{astronaut}/duplicates", params={"threshold": 0.2, "k": 100})).json()
+    loose = (
+        await client.get(
+            f"/images/{astronaut}/duplicates", params={"threshold": 0.2, "k": 100, "mode": "similar"}
+        )
+    ).json()
     assert len(loose["results"]) > len(found)
+
+
+def halves(name: str, quality: int) -> tuple[bytes, bytes]:
+    """The left and right thirds of a photo: they look alike and share no region (never copies)."""
+    img = photo(name)
+    w, h = img.size
+    return jpeg(img.crop((0, 0, w // 3, h)), quality), jpeg(img.crop((2 * w // 3, 0, w, h)), quality)
+
+
+async def test_copies_are_told_apart_from_look_alikes(client: httpx.AsyncClient) -> None:
+    """The default tier (``mode=copies``): the copy checker verifies look-alikes in the background, and only
+    edited copies of one photo are grouped; parts of one photo or texture that share no region are not."""
+    run = run_id()
+    photos = ("astronaut", "coffee", "chelsea")
+    images = [(g, v, d) for g, v, d in sibling_set(photos)]
+    ids = await upload_all(client, [d for _, _, d in images], {"run": run})
+    group_of = dict(zip(ids, (g for g, _, _ in images), strict=True))
+    apart = [halves("brick", 81), halves("rocket", 82), halves("immunohistochemistry", 83)]
+    apart_ids = [await upload_all(client, list(pair), {"run": run}) for pair in apart]
+
+    async def all_checked() -> bool:
+        for i in [*ids, *(x for pair in apart_ids for x in pair)]:
+            r = await client.get(f"/images/{i}/duplicates")
+            if r.status_code != 200 or not r.json()["checked"]:
+                return False
+        return True
+
+    await wait_until("the copy checker verified every image", all_checked, timeout_s=120, every_s=0.5)
+    groups: list[list[str]] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        r = await client.get("/duplicates", params={"limit": 50, "cursor": cursor})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["mode"] == "copies" and {g["tier"] for g in body["groups"]} <= {"copy"}
+        groups += [g["image_ids"] for g in body["groups"]]
+        cursor = body["next_cursor"]
+    mine = set(ids)
+    predicted = {p for p in pair_set(groups) if p <= mine}
+    truth = pair_set([[i for i in ids if group_of[i] == g] for g in photos])
+    precision = len(predicted & truth) / len(predicted) if predicted else 1.0
+    recall = len(predicted & truth) / len(truth)
+    similar = {
+        p for p in pair_set(await similar_groups(client)) for pair in apart_ids if p == frozenset(pair)
+    }
+    print(
+        f"copy groups: pairwise precision {precision:.3f}, recall {recall:.3f} ({len(truth)} copy pairs); "
+        f"look-alike parts grouped as similar: {len(similar)} of {len(apart_ids)}, as copies: "
+        f"{sum(frozenset(p) in pair_set(groups) for p in apart_ids)}"
+    )
+    assert precision == 1.0 and recall >= 0.9
+    for left, right in apart_ids:  # parts that share no region are never copies
+        assert frozenset((left, right)) not in pair_set(groups)
+    # one image's copies, most similar first, each with its tier
+    original = next(i for i, (g, v, _) in zip(ids, images, strict=True) if (g, v) == ("coffee", "original"))
+    body = (await client.get(f"/images/{original}/duplicates")).json()
+    assert body["checked"] and {h["tier"] for h in body["results"]} == {"copy"}
+    found = [h["image_id"] for h in body["results"]]
+    assert set(found) <= {i for i in ids if group_of[i] == "coffee"} and len(found) >= 3
+    assert [h["score"] for h in body["results"]] == sorted(
+        (h["score"] for h in body["results"]), reverse=True
+    )
+
+
+async def similar_groups(client: httpx.AsyncClient) -> list[list[str]]:
+    body = (await client.get("/duplicates", params={"limit": 1000, "mode": "similar"})).json()
+    return [g["image_ids"] for g in body["groups"]]
 
 
 # --- filters and pages -------------------------------------------------------------------------------------

@@ -122,11 +122,9 @@ async def test_the_baseline_calls_what_the_pipeline_calls_with_the_same_argument
     assert opened[0][2:4] == (preprocess.THUMBNAIL_SIDE, cfg.max_pixels) and opened[0][4] < (1280, 960)
     if cfg.pipeline_steps:  # the steps see the image at full size
         assert opened[1][2:] == (None, cfg.max_pixels, (1280, 960))
-    # the same thumbnail, stored under the same key
-    [(key, thumb)] = stored.items()
-    assert world.objects.objects[key] == thumb == result.thumbnail and any(
-        c[0] == "thumbnail_webp" for c in mesh_calls
-    )
+    # the same thumbnail and copy features, stored under the same keys
+    assert len(stored) == 2 and all(world.objects.objects[key] == data for key, data in stored.items())
+    assert result.thumbnail in stored.values() and any(c[0] == "thumbnail_webp" for c in mesh_calls)
     assert result.tags == upsert.tags
     # and the model gets the same pixels from both
     assert len(embedded) == len(result.pixels) == 1 and np.array_equal(embedded[0], result.pixels[0])

@@ -266,8 +266,8 @@ async def test_the_coordinators_decodes_hold_the_budget_and_refuse_too_many_pixe
     try:
         images = [encode(Image.new("RGB", (400, 300), (i, 0, 0)), "PNG") for i in range(6)]
         results = await asyncio.gather(*(work.pixels_for(d, [SPEC], target=64) for d in images))
-        assert [r[0][0].shape for r in results] == [(56, 56, 3)] * 6
-        thumbs = [Image.open(io.BytesIO(thumb)) for _, thumb in results]  # from the same decode
+        assert [r.pixels[0].shape for r in results] == [(56, 56, 3)] * 6
+        thumbs = [Image.open(io.BytesIO(r.thumbnail)) for r in results]  # from the same decode
         assert [(t.format, t.size) for t in thumbs] == [("WEBP", (256, 192))] * 6
         assert budget.peak == frame and budget.in_use == 0
         async with work.decoded(images[0]) as full:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from actors.adapters.embedder import EmbedderError
-from actors.adapters.object_store import thumbnail_key
+from actors.adapters.object_store import copy_features_key, thumbnail_key
 from actors.contract import MeshConfig, ProcessJob, Status
 from actors.errors import PermanentError
 from actors.preprocess import THUMBNAIL_SIDE
@@ -87,10 +87,8 @@ async def test_the_switch_model_failing_leaves_the_image_done_under_the_active_o
 
 
 async def test_a_reembed_job_adds_vectors_without_touching_the_record(world: World) -> None:
-    thumb = thumbnail_key("img1", THUMBNAIL_SIDE)
-    job = world.add_image(
-        status=Status.DONE, metadata={"exif.make": "Canon"}, model="m1", thumbnail_key=thumb
-    )
+    made = {"thumbnail_key": thumbnail_key("img1", THUMBNAIL_SIDE), "copy_features_key": "derived/copies/x"}
+    job = world.add_image(status=Status.DONE, metadata={"exif.make": "Canon"}, model="m1", **made)
     before = world.store.records[job.image_id]
     reembed = ProcessJob(
         image_id=job.image_id, object_key=job.object_key, sha256=job.sha256, models=["model2"]
@@ -107,7 +105,8 @@ async def test_a_reembed_job_adds_vectors_without_touching_the_record(world: Wor
     again = ProcessJob(image_id="old1", object_key=old.object_key, sha256=old.sha256, models=["m1"])
     assert await world.pipeline.process(again) == "reembedded"
     assert world.store.records["old1"].thumbnail_key == thumbnail_key("old1", THUMBNAIL_SIDE)
-    assert thumbnail_key("old1", THUMBNAIL_SIDE) in world.objects.objects
+    assert world.store.records["old1"].copy_features_key == copy_features_key("old1")
+    assert {thumbnail_key("old1", THUMBNAIL_SIDE), copy_features_key("old1")} <= set(world.objects.objects)
 
     # a failed re-embed is a history note, the image stays done
     await world.pipeline.fail(reembed, "undecodable", "bad")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from actors.adapters.job_queue import JobQueue
 from actors.config_rules import InvalidConfig, apply_change
 from actors.contract import Cause, DeadLetter, ImageRecord, Label, MeshConfig, ProcessJob, Status
 from actors.coordinator import Coordinator
+from actors.copies import COPY_CHECK_VERSION
 from actors.reconcile_repairs import Repairer
 from actors.reconcile_rules import (
     ConsumerFacts,
@@ -52,7 +54,10 @@ ANCIENT = NOW - 10_000.0  # past what the delivery policy allows
 
 
 def rec(image_id: str, status: Status, at: float = OLD, **fields: Any) -> ImageRecord:
-    fields.setdefault("thumbnail_key", f"derived/thumbs/256/{image_id}.webp")  # made by this version
+    # made and checked by this version
+    fields.setdefault("thumbnail_key", f"derived/thumbs/256/{image_id}.webp")
+    fields.setdefault("copy_features_key", f"derived/copies/{image_id}.orb")
+    fields.setdefault("copy_check", COPY_CHECK_VERSION)
     return ImageRecord(
         image_id=image_id,
         status=status,
@@ -515,11 +520,40 @@ def test_a_done_image_never_labelled_is_an_anomaly_only_while_the_active_model_h
     assert record_kind(never, NOW, labelled, has_vector=False) == Kind.DONE_WITHOUT_VECTOR
 
 
-def test_a_done_image_without_a_thumbnail_is_an_anomaly() -> None:
+def test_a_done_image_without_its_derived_objects_or_copy_check_is_an_anomaly() -> None:
     old = rec("t1", Status.DONE, at=ANCIENT, labels=[], thumbnail_key="")  # indexed before thumbnails
-    assert record_kind(old, NOW, POLICY, has_vector=True) == Kind.DONE_WITHOUT_THUMBNAIL
+    assert record_kind(old, NOW, POLICY, has_vector=True) == Kind.DONE_WITHOUT_DERIVED
+    no_features = rec("t4", Status.DONE, at=ANCIENT, copy_features_key="")
+    assert record_kind(no_features, NOW, POLICY, has_vector=True) == Kind.DONE_WITHOUT_DERIVED
     assert record_kind(rec("t2", Status.DONE, at=ANCIENT), NOW, POLICY, has_vector=True) is None
     assert record_kind(rec("t3", Status.ERROR, at=ANCIENT, thumbnail_key=""), NOW, POLICY) is None
+    # its look-alikes never verified (lost from the queue), or verified by an older checker
+    for check in ("", "orb-0"):
+        stale = rec("t5", Status.DONE, at=ANCIENT, copy_check=check)
+        assert record_kind(stale, NOW, POLICY, has_vector=True) == Kind.DONE_WITHOUT_COPY_CHECK
+    assert (
+        record_kind(rec("t6", Status.DONE, at=NOW - 1, copy_check=""), NOW, POLICY, has_vector=True) is None
+    )
+
+
+async def test_a_done_image_without_a_copy_check_is_queued_for_the_checker() -> None:
+    mesh = Mesh()
+    stale = mesh.add(rec("q1", Status.DONE, at=ANCIENT, copy_check=""), vector=True)
+    queued: list[str] = []
+
+    class Queue:
+        async def enqueue(self, image_ids: Iterable[str], at: float | None = None) -> int:
+            new = [i for i in image_ids if i not in queued]
+            queued.extend(new)
+            return len(new)
+
+    repairer = mesh.repairer()
+    repairer.copies = Queue()
+    finding = Finding(Kind.DONE_WITHOUT_COPY_CHECK, "q1", record=stale)
+    assert await repairer.repair(finding, POLICY) and queued == ["q1"]
+    assert not await repairer.repair(finding, POLICY)  # already queued: nothing to repair
+    [note] = reconcile_notes(mesh.store.records["q1"])
+    assert (note["repair"], note["how"]) == ("done_without_copy_check", "queued")
 
 
 async def test_a_done_image_never_labelled_gets_a_reembed_job_and_its_labels_reach_the_index() -> None:

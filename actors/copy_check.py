@@ -1,0 +1,195 @@
+"""The copy checker: a background step of every coordinator that verifies which look-alikes are copies.
+
+Out of the ingest path and never in a request's: an image that reaches ``done`` is queued (the coordinators
+subscribe to ``images.events.done`` as one queue group; the reconciler queues any done image whose check is
+missing or older than ``COPY_CHECK_VERSION``), and the checkers take the queue oldest first. For one image:
+its candidates are the images at least ``near_duplicate_threshold`` similar in the active model's index (a
+range query, at most ``MAX_CANDIDATES``), each candidate not compared with it before is verified by
+``actors.copies.verify`` (local features and a geometric check; the features were stored by the pipeline from
+the decode it made anyway), and the verdicts are written both ways (``CopyPairs``), so a pair is verified once
+and ``GET /duplicates`` reads copies without computing anything. A candidate whose features are not stored yet
+is skipped: that image's own check, later, compares it with this one.
+
+Metrics: ``mesh_copy_check_lag_seconds`` (how long the oldest queued image has waited; 0 when none),
+``mesh_copy_check_queue``, ``mesh_copy_verify_seconds`` per pair, ``mesh_copy_check_seconds`` per image,
+``mesh_copy_pairs_total{verdict}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+import numpy as np
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge, Histogram
+
+from actors import contract, copies
+from actors.adapters.copy_pairs import CopyPairs
+from actors.adapters.object_store import ObjectMissing, copy_features_key
+from actors.contract import Hit, ImageEvent, ImageRecord, Status
+from actors.errors import MeshError
+from actors.pipeline_io import ConfigSource
+
+log = structlog.get_logger("copy_check")
+
+MAX_CANDIDATES = 20  # per image: the nearest look-alikes above the cut (copies of one photo rarely exceed it)
+BATCH = 8  # images taken from the queue at once
+IDLE_S = 1.0  # how long an idle checker waits before it looks at the queue again
+QUEUE_GROUP = "copy-check"
+
+LAG = Gauge("mesh_copy_check_lag_seconds", "How long the oldest image waiting for its copy check has waited")
+QUEUED = Gauge("mesh_copy_check_queue", "Images waiting for their copy check")
+PAIR_SECONDS = Histogram(
+    "mesh_copy_verify_seconds",
+    "Copy verification of one candidate pair (local features and the geometric check)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+IMAGE_SECONDS = Histogram(
+    "mesh_copy_check_seconds",
+    "One image's copy check: candidates, features, verification, verdicts",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PAIRS = Counter("mesh_copy_pairs_total", "Candidate pairs verified", ["verdict"])
+
+
+class Records(Protocol):
+    async def get(self, image_id: str) -> ImageRecord | None: ...
+    async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None: ...
+    async def update(self, image_id: str, **fields: object) -> None: ...
+
+
+class Neighbors(Protocol):
+    async def query(
+        self,
+        model: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude_id: str | None = None,
+        min_score: float | None,
+    ) -> list[Hit]: ...
+
+
+class Objects(Protocol):
+    async def get(self, key: str) -> bytes: ...
+
+
+class CopyChecker:
+    """Takes images from the queue and verifies their candidates; ``check`` is one image."""
+
+    def __init__(
+        self,
+        *,
+        pairs: CopyPairs,
+        records: Records,
+        neighbors: Neighbors,
+        objects: Objects,
+        config: ConfigSource,
+    ) -> None:
+        self.pairs, self.records, self.neighbors = pairs, records, neighbors
+        self.objects, self.config = objects, config
+
+    async def run(self, stop: asyncio.Event, nc: Client | None = None) -> None:
+        """Check queued images until ``stop``; with ``nc``, queue every image that reaches ``done``."""
+        sub = None
+        if nc is not None:
+            sub = await nc.subscribe(contract.event_subject(Status.DONE), queue=QUEUE_GROUP, cb=self._on_done)
+        try:
+            while not stop.is_set():
+                worked = await self._step()
+                if not worked:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=IDLE_S)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(
+                    Exception
+                ):  # broad on purpose: shutting down, a lost unsubscribe is moot
+                    await sub.unsubscribe()
+
+    async def _on_done(self, msg: Msg) -> None:
+        try:
+            event = contract.decode(msg.data, ImageEvent)
+            await self.pairs.enqueue([event.image_id])
+        except Exception as e:  # broad on purpose: a lost enqueue is the reconciler's to repair
+            log.warning("copy_check.enqueue_failed", error=str(e))
+
+    async def _step(self) -> bool:
+        """One batch; False when the queue was empty (or Redis away)."""
+        try:
+            count, oldest = await self.pairs.backlog()
+            QUEUED.set(count)
+            LAG.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+            taken = await self.pairs.take(BATCH) if count else []
+        except MeshError as e:
+            log.warning("copy_check.queue_unavailable", error=str(e))
+            return False
+        for image_id, queued_at in taken:
+            try:
+                await self.check(image_id)
+            except MeshError as e:  # back in the queue at its place: checked again once Redis, S3... answer
+                log.warning("copy_check.failed", image_id=image_id, error=str(e))
+                with contextlib.suppress(MeshError):
+                    await self.pairs.enqueue([image_id], at=queued_at)
+                return False
+        return bool(taken)
+
+    async def check(self, image_id: str) -> dict[str, bool] | None:
+        """Verify the image's candidates not compared with it yet; the new verdicts (None: nothing to check:
+        no record, not done, no features or no vector yet)."""
+        started = time.perf_counter()
+        rec = await self.records.get(image_id)
+        if rec is None or rec.status != Status.DONE or not rec.copy_features_key:
+            return None
+        cfg = await self.config.get()
+        vector = await self.records.get_embedding(cfg.active_model, image_id)
+        if vector is None:
+            return None
+        hits = await self.neighbors.query(
+            cfg.active_model,
+            vector,
+            MAX_CANDIDATES,
+            exclude_id=image_id,
+            min_score=cfg.near_duplicate_threshold,
+        )
+        seen = await self.pairs.verdicts(image_id)
+        todo = [h.image_id for h in hits if h.image_id not in seen]
+        verdicts: dict[str, bool] = {}
+        if todo:
+            mine = copies.Features.from_bytes(await self.objects.get(rec.copy_features_key))
+            theirs = await asyncio.gather(*(self._features(other) for other in todo))
+            found = {o: f for o, f in zip(todo, theirs, strict=True) if f is not None}
+            verdicts = await asyncio.to_thread(_verify_all, mine, found)
+            await self.pairs.record(image_id, verdicts)
+        await self.records.update(image_id, copy_check=copies.COPY_CHECK_VERSION)
+        IMAGE_SECONDS.observe(time.perf_counter() - started)
+        if verdicts:
+            log.info(
+                "copy_check.done", image_id=image_id, candidates=len(hits), copies=sum(verdicts.values())
+            )
+        return verdicts
+
+    async def _features(self, image_id: str) -> copies.Features | None:
+        try:
+            return copies.Features.from_bytes(await self.objects.get(copy_features_key(image_id)))
+        except (ObjectMissing, ValueError):  # not made yet (or unreadable): its own check covers the pair
+            return None
+
+
+def _verify_all(mine: copies.Features, theirs: dict[str, copies.Features]) -> dict[str, bool]:
+    out = {}
+    for other, features in theirs.items():
+        t0 = time.perf_counter()
+        copy = copies.verify(mine, features).is_copy
+        PAIR_SECONDS.observe(time.perf_counter() - t0)
+        PAIRS.labels("copy" if copy else "not_copy").inc()
+        out[other] = copy
+    return out
+
+
+__all__ = ["MAX_CANDIDATES", "CopyChecker"]
