@@ -5,11 +5,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install run up down ps test lint browser unit chaos bench bench-large clean
+.PHONY: install python-check run up down ps test lint browser unit chaos bench bench-large clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The venv's Python when there is one (that is what pip runs), else $(PYTHON): it must be 3.11 (pyproject's
+# requires-python), or pip fails deep inside the install with a message that does not say so.
+CHECKED_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+python-check:  ## stop with a clear message when the interpreter is not Python 3.11
+	@v=$$($(CHECKED_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || v=""; \
+	if [ "$$v" != "3.11" ]; then \
+	  echo "The mesh needs Python 3.11, but $(CHECKED_PYTHON) is $${v:+Python }$${v:-not a working Python}." >&2; \
+	  if [ "$(CHECKED_PYTHON)" = "$(BIN)/python" ]; then \
+	    echo "  $(VENV) was made with it: remove it (rm -rf $(VENV)) and make it again with Python 3.11:" >&2; fi; \
+	  if command -v python3.11 >/dev/null 2>&1; then \
+	    echo "  python3.11 is installed: PYTHON=python3.11 make $(or $(MAKECMDGOALS),install)" >&2; \
+	  else \
+	    echo "  install it, e.g. with pyenv: pyenv install 3.11 && pyenv local 3.11 (or your system's python3.11 package)," >&2; \
+	    echo "  then: PYTHON=/path/to/python3.11 make $(or $(MAKECMDGOALS),install)" >&2; fi; \
+	  exit 1; fi
+
+$(STAMP): pyproject.toml | python-check
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[servers,models,dev]'

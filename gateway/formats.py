@@ -1,12 +1,16 @@
 """What image bytes are, read from the bytes alone: pure functions, no I/O, no errors raised for bad input.
 
-- the allowed formats (name, media type, Pillow plugin ids) and their signatures (``allowed_magic``);
-- formats we recognize and refuse (``refused_format``: HEIF, AVIF, JPEG XL, EPS, PSD, SVG, ...) and known
-  non-images (``known_non_image``: PDF, ZIP);
+- the accepted formats (``ACCEPTED``: name, media type, Pillow plugin ids, file name suffixes), the one list
+  the gateway validates against and ``mesh ingest`` picks files by (``ACCEPTED_SUFFIXES``), and their
+  signatures (``allowed_magic``);
+- formats we recognize and refuse (``refused_format``: JPEG XL, EPS, PSD, SVG, ...) and known non-images
+  (``known_non_image``: PDF, ZIP);
 - cheap structural counts Pillow gets slowly or not at all: JPEG scans, the first PNG frame's pixel data,
   GIF frames and TIFF pages (bounded work, whatever the bytes declare), and the EXIF orientation.
 
-``gateway.validation`` decides what of this makes an upload refused, and with which error.
+HEIC/HEIF is read by pillow-heif (libheif), whose Pillow opener :func:`register_openers` registers on import;
+AVIF by Pillow's own plugin (libavif). ``gateway.validation`` decides what of this makes an upload refused,
+and with which error.
 """
 
 from __future__ import annotations
@@ -14,35 +18,108 @@ from __future__ import annotations
 import io
 import re
 import zlib
+from dataclasses import dataclass
 from typing import Final, Literal
 
+import pillow_heif
 from PIL import ExifTags, Image
 
 # Frames are counted, never decoded, and only up to here: the count is informational, the work to get it must
 # stay bounded (Pillow walks GIF frames and TIFF pages in Python, TIFF in quadratic time).
 MAX_COUNTED_FRAMES: Final = 10_000
 
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """One accepted format: what the gateway reports, which Pillow plugins may decode it, its file names."""
+
+    name: str  # as reported (ImageInfo.format, the record's format)
+    label: str  # for people, in error messages ("WebP", "HEIC/HEIF")
+    media_type: str  # the record's content type (HEIF: see media_type_of)
+    plugins: tuple[str, ...]  # Pillow plugin ids allowed to open it (``Image.open(..., formats=...)``)
+    suffixes: tuple[str, ...]  # lower-case file name suffixes (``mesh ingest`` picks files by them)
+
+
+# The single list of what the mesh accepts: the gateway validates against it, ``mesh ingest`` picks files by its
+# suffixes. Order: the order Pillow tries the plugins in, and error messages name them in. AVIF before HEIF: an
+# AVIF whose major brand is the generic mif1 is claimed by pillow-heif too, which cannot decode AV1 here;
+# Pillow's AVIF plugin passes on (SyntaxError) what is not AVIF.
+ACCEPTED: Final[tuple[Format, ...]] = (
+    Format("JPEG", "JPEG", "image/jpeg", ("JPEG",), (".jpg", ".jpeg", ".jpe", ".jfif")),
+    Format("PNG", "PNG", "image/png", ("PNG",), (".png",)),
+    Format("WEBP", "WebP", "image/webp", ("WEBP",), (".webp",)),
+    Format("GIF", "GIF", "image/gif", ("GIF",), (".gif",)),
+    Format("BMP", "BMP", "image/bmp", ("BMP",), (".bmp",)),
+    Format("TIFF", "TIFF", "image/tiff", ("TIFF",), (".tif", ".tiff")),
+    Format("AVIF", "AVIF", "image/avif", ("AVIF",), (".avif",)),
+    Format("HEIF", "HEIC/HEIF", "image/heic", ("HEIF",), (".heic", ".heif", ".hif")),
+)
+ACCEPTED_SUFFIXES: Final = frozenset(suffix for f in ACCEPTED for suffix in f.suffixes)
+
 # Pillow format name -> (the name we report, its media type). MPO is what Pillow calls a JPEG carrying the
 # Multi-Picture extension (most phone cameras): it is a JPEG for every client that reads it.
 ALLOWED: Final[dict[str, tuple[str, str]]] = {
-    "JPEG": ("JPEG", "image/jpeg"),
+    **{f.name: (f.name, f.media_type) for f in ACCEPTED},
     "MPO": ("JPEG", "image/jpeg"),
-    "PNG": ("PNG", "image/png"),
-    "WEBP": ("WEBP", "image/webp"),
-    "GIF": ("GIF", "image/gif"),
-    "BMP": ("BMP", "image/bmp"),
-    "TIFF": ("TIFF", "image/tiff"),
 }
-ALLOWED_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-ALLOWED_LIST: Final = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-# Pillow's plugin names for the allowed formats (``formats=`` takes plugin ids, and MPO is reached via JPEG).
-OPEN_ALLOWED: Final = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ALLOWED_FORMATS: Final = tuple(f.name for f in ACCEPTED)
+ALLOWED_LIST: Final = ", ".join(f.label for f in ACCEPTED[:-1]) + f" or {ACCEPTED[-1].label}"
+# Pillow's plugin ids for the accepted formats (``formats=`` takes plugin ids, and MPO is reached via JPEG).
+OPEN_ALLOWED: Final = tuple(plugin for f in ACCEPTED for plugin in f.plugins)
 
 _BMP_DIB_HEADER_SIZES: Final = frozenset({12, 40, 52, 56, 64, 108, 124})
 _EXIF_ORIENTATION: Final = int(ExifTags.Base.Orientation)
 
-# ISO-BMFF brands of image formats Pillow cannot read (HEIC/HEIF from phones, JPEG XL in its container).
-_HEIF_BRANDS: Final = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+# ISO-BMFF brands (the ftyp box's major and compatible brands). HEVC-coded HEIF is HEIC (image/heic); the
+# other HEIF brands are image/heif. An AVIF file usually has major brand avif and also lists mif1/miaf.
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS: Final = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"})
+_HEIF_BRANDS: Final = _HEIC_BRANDS | frozenset({b"mif1", b"msf1", b"mif2"})
+
+
+def register_openers() -> None:
+    """Make Pillow open HEIC/HEIF (pillow-heif's opener; AVIF is Pillow's own plugin). Idempotent.
+
+    Thumbnails, depth and auxiliary images are never read: only the primary image is validated and embedded.
+    Pillow's own plugins are loaded first (``Image.init``) so that an ``Image.open`` without ``formats=`` (the
+    search route's decode, ``actors.preprocess``) tries AVIF before HEIF, as ``OPEN_ALLOWED`` does. Called on
+    import, so every process that validates uploads reads what ``ACCEPTED`` lists; the coordinator's decoder
+    (``actors.preprocess``) must register the same opener.
+    """
+    Image.init()
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+
+register_openers()
+
+
+def media_type_of(name: str, data: bytes) -> str:
+    """The media type of accepted bytes whose format is ``name``: HEIF is image/heic when HEVC-coded (the
+    brands phones write), image/heif otherwise."""
+    if name == "HEIF":
+        return "image/heic" if _ftyp_brands(data) & _HEIC_BRANDS else "image/heif"
+    return ALLOWED.get(name, (name, "application/octet-stream"))[1]
+
+
+def _ftyp_brands(data: bytes) -> frozenset[bytes]:
+    """The major and compatible brands of an ISO-BMFF ``ftyp`` box at the start, or none."""
+    if data[4:8] != b"ftyp":
+        return frozenset()
+    size = int.from_bytes(data[0:4], "big")
+    end = min(len(data), size if 16 <= size <= 4096 else 16)
+    brands = {data[8:12]}
+    brands.update(data[pos : pos + 4] for pos in range(16, end - 3, 4))
+    return frozenset(brands)
+
+
+def bmff_image_format(data: bytes) -> str | None:
+    """``"AVIF"`` or ``"HEIF"`` when ``data`` starts with an ISO-BMFF ``ftyp`` box of that image format."""
+    brands = _ftyp_brands(data)
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return None
 
 
 # --- signatures ---------------------------------------------------------------------------------------------
@@ -67,7 +144,7 @@ def allowed_magic(data: bytes) -> str | None:
         and int.from_bytes(data[14:18], "little") in _BMP_DIB_HEADER_SIZES
     ):
         return "BMP"
-    return None
+    return bmff_image_format(data)
 
 
 def known_non_image(data: bytes) -> str | None:
@@ -86,12 +163,6 @@ def refused_format(data: bytes) -> str | None:
         return "EPS"
     if data[:4] == b"8BPS":
         return "PSD"
-    if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in (b"avif", b"avis"):
-            return "AVIF"
-        if brand in _HEIF_BRANDS:
-            return "HEIF"
     if data[:2] == b"\xff\x0a" or data[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n":
         return "JPEG XL"
     if data[:9] == b"gimp xcf ":
@@ -139,6 +210,46 @@ def looks_like_svg(data: bytes) -> bool:
             break
         pos = m.end()
     return _SVG_ROOT.match(text, pos) is not None
+
+
+# --- ISO-BMFF (HEIF, AVIF) structure -----------------------------------------------------------------------
+
+# Boxes walked to find the image items' sizes: meta > iprp > ipco > ispe. At most this many boxes are read.
+_BMFF_MAX_BOXES: Final = 4096
+_BMFF_CONTAINERS: Final = frozenset({b"meta", b"iprp", b"ipco"})
+
+
+def bmff_declared_pixels(data: bytes) -> int:
+    """The most pixels any image item of a HEIF/AVIF file declares (its ``ispe`` property), 0 when none does.
+
+    The size Pillow reports is the displayed one, after a ``clap`` crop: a file may declare a huge coded image
+    and crop it to a few pixels, and the library decodes the whole coded image first. A grid's own ``ispe``
+    declares the full picture. Bounded work: at most ``_BMFF_MAX_BOXES`` box headers are read.
+    """
+    largest, boxes = 0, 0
+    stack = [(0, len(data))]
+    while stack:
+        pos, end = stack.pop()
+        while pos + 8 <= end and boxes < _BMFF_MAX_BOXES:
+            boxes += 1
+            size, kind, header = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8], 8
+            if size == 1:  # a 64-bit size follows the type
+                size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+            elif size == 0:  # to the end of the enclosing box
+                size = end - pos
+            if size < header:
+                break  # corrupt: the decoder will say so
+            box_end = min(end, pos + size)
+            if kind in _BMFF_CONTAINERS:
+                # meta is a full box: 4 bytes of version and flags before its children
+                stack.append((pos + header + (4 if kind == b"meta" else 0), box_end))
+            elif kind == b"ispe" and pos + header + 12 <= box_end:
+                body = pos + header + 4  # version and flags
+                width = int.from_bytes(data[body : body + 4], "big")
+                height = int.from_bytes(data[body + 4 : body + 8], "big")
+                largest = max(largest, width * height)
+            pos += size
+    return largest
 
 
 # --- JPEG and PNG structure ---------------------------------------------------------------------------------

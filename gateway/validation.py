@@ -25,7 +25,7 @@ from PIL import Image, ImageFile
 from actors.errors import PermanentError
 from actors.preprocess import frame_bytes
 from gateway import formats
-from gateway.formats import ALLOWED, ALLOWED_FORMATS, ALLOWED_LIST, OPEN_ALLOWED
+from gateway.formats import ALLOWED, ALLOWED_FORMATS, ALLOWED_LIST, OPEN_ALLOWED, media_type_of
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -65,6 +65,10 @@ class ImageInfo:
     frames: int = 1
     orientation: int = 1
 
+
+# libheif (HEIF) and libavif (AVIF) decode into their own RGB(A) buffer, which Pillow then copies into its
+# frame: both are alive at the peak. 8-bit RGBA at most (pillow-heif converts HDR to 8 bits).
+LIBRARY_FRAME_BYTES_PER_PIXEL: Final = 4
 
 # Progressive JPEG scans accepted (see _check_scans): far above what encoders write, far below a CPU bomb.
 MAX_JPEG_SCANS: Final = 100
@@ -110,14 +114,17 @@ def decode_cost(data: bytes | bytearray | memoryview, *, max_bytes: int, max_pix
     """The bytes :func:`validate_image` will hold while it decodes ``data``, read from the header alone.
 
     The first frame as Pillow stores it (``actors.preprocess.frame_bytes``), at 1/8 scale for a JPEG (draft
-    decoding). 0 for bytes that ``validate_image`` refuses before it decodes anything: empty, over
-    ``max_bytes``, no readable header of an allowed format, or more pixels than ``max_pixels`` declared.
+    decoding); for HEIF and AVIF also the frame their library decodes into before Pillow copies it
+    (:data:`LIBRARY_FRAME_BYTES_PER_PIXEL`, on the coded size). 0 for bytes that ``validate_image`` refuses
+    before it decodes anything: empty, over ``max_bytes``, no readable header of an allowed format, or more
+    pixels than ``max_pixels`` declared (by any HEIF/AVIF image item too).
     Never raises for any bytes.
     """
     if not data or len(data) > max_bytes:
         return 0
+    data = bytes(data)
     try:
-        im = Image.open(io.BytesIO(bytes(data)), formats=OPEN_ALLOWED)
+        im = Image.open(io.BytesIO(data), formats=OPEN_ALLOWED)
     except Exception:  # broad on purpose: any header Pillow cannot read is refused before decoding
         return 0
     try:
@@ -126,6 +133,11 @@ def decode_cost(data: bytes | bytearray | memoryview, *, max_bytes: int, max_pix
             return 0
         if im.format in ("JPEG", "MPO"):
             im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))  # as _decode_allowed does
+        if im.format in ("HEIF", "AVIF"):
+            coded = max(width * height, formats.bmff_declared_pixels(data))
+            if coded > max_pixels:
+                return 0
+            return frame_bytes(im.mode, im.size) + LIBRARY_FRAME_BYTES_PER_PIXEL * coded
         return frame_bytes(im.mode, im.size)
     except Exception:  # broad on purpose, as above: a header Pillow chokes on is refused before decoding
         return 0
@@ -149,9 +161,12 @@ def _decode_allowed(data: bytes, max_pixels: int) -> ImageInfo:
         # EOFError, IndexError, ...); all of them mean the same thing to the uploader
         raise _broken(magic or "image", exc) from None
 
-    name, content_type = ALLOWED.get(str(im.format), (str(im.format), "application/octet-stream"))
+    name = ALLOWED.get(str(im.format), (str(im.format), ""))[0]
+    content_type = media_type_of(name, data)
     try:
         _check_pixels(im.size, max_pixels)  # the declared size, before a single pixel is decoded
+        if name in ("HEIF", "AVIF"):
+            _check_coded_pixels(data, max_pixels)
         if name == "JPEG":
             _check_scans(data)
         elif name == "PNG":
@@ -199,6 +214,20 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
             413,
             "too_many_pixels",
             f"the image declares {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+        )
+
+
+def _check_coded_pixels(data: bytes, max_pixels: int) -> None:
+    """HEIF/AVIF: no image item (a grid, a tile, the coded image behind a crop) declares more than the limit.
+
+    Pillow reports the displayed size, after a ``clap`` crop; libheif decodes the whole coded image first.
+    """
+    coded = formats.bmff_declared_pixels(data)
+    if coded > max_pixels:
+        raise UploadError(
+            413,
+            "too_many_pixels",
+            f"the image declares a coded image of {coded} pixels; the limit is {max_pixels}",
         )
 
 

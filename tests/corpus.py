@@ -186,6 +186,7 @@ def hostile_cases() -> list[Case]:
         b'<svg width="1" height="1"></svg><script>alert(1)</script></body></html>'
     )
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    jxl = b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl \x00\x00\x00\x00jxl " + bytes(64)
     j, p = "image/jpeg", "image/png"
     broken, bomb = (400, "broken_image"), (413, "too_many_pixels")
     no_image, refused = (400, "not_an_image"), (415, "unsupported_format")
@@ -215,8 +216,10 @@ def hostile_cases() -> list[Case]:
         ("eps_as_jpg", _encode(_image(8, 8, 109), "EPS"), "photo.jpg", j, refused),
         ("psd", _psd(110), "layers.psd", "image/vnd.adobe.photoshop", refused),
         ("ico_as_png", _encode(_image(16, 16, 111), "ICO", sizes=[(16, 16)]), "favicon.png", p, refused),
-        ("avif", _encode(_image(16, 16, 112), "AVIF"), "photo.avif", "image/avif", refused),
-        ("heic_header", heic, "IMG_0001.HEIC", "image/heic", refused),
+        # JPEG XL in its ISO-BMFF container (recognized, refused); AVIF and HEIC are accepted formats now
+        ("jxl_container", jxl, "photo.jxl", "image/jxl", refused),
+        # a HEIC's ftyp box and nothing else: an accepted format whose header is cut short
+        ("heic_header", heic, "IMG_0001.HEIC", "image/heic", broken),
         ("garbage_spoofed_as_jpeg", _random_bytes(113), "photo.jpg", j, no_image),
         ("random_bytes", _random_bytes(114, 1000), "blob.bin", "application/octet-stream", no_image),
     ]

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,12 @@ MESH = str(Path(sys.executable).parent / "mesh")
 ACTORS = ("coordinator", "config", "indexer")
 
 
-async def run_cli(settings: Settings, *args: str, limit_s: float = 180) -> tuple[int, str, str]:
-    """Run a command the way an operator would (a subprocess with the stack's MESH_* environment)."""
-    env = {**os.environ, **settings_env(settings)}
+async def run_cli(
+    settings: Settings, *args: str, limit_s: float = 180, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a command the way an operator would (a subprocess with the stack's MESH_* environment, plus
+    ``env``, e.g. an ``XDG_STATE_HOME`` of the test's own)."""
+    env = {**os.environ, **settings_env(settings), **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -95,7 +99,10 @@ async def test_cli_ingest_is_resumable_then_status_and_similar(
     (folder / "notes.txt").write_text("not sent: not an image file name")
     already = await upload_id(client, images[0])  # the gateway has this one: a 200 duplicate
 
-    code, out, err = await run_cli(settings, MESH, "ingest", str(folder), "--url", base_url, "--json")
+    state_home = {"XDG_STATE_HOME": str(tmp_path / "state")}  # the user's state folder, not the photos'
+    code, out, err = await run_cli(
+        settings, MESH, "ingest", str(folder), "--url", base_url, "--json", env=state_home
+    )
     assert code == 1, (out, err)  # one file refused
     first = json.loads(out)
     assert first["accepted"] == 9 and first["duplicates"] == 1 and first["skipped"] == 0
@@ -103,9 +110,12 @@ async def test_cli_ingest_is_resumable_then_status_and_similar(
     assert first["refused"][0]["reason"].startswith("not_an_image: ")
     assert first["failed"] == []
     assert first["images"]["img00.jpg"] == already
-    assert (folder / ".mesh-ingest.json").exists()
+    assert not (folder / ".mesh-ingest.json").exists()
+    assert [p.parent for p in (tmp_path / "state").rglob("ingest-*.json")] == [tmp_path / "state" / "mesh"]
 
-    code, out, err = await run_cli(settings, MESH, "ingest", str(folder), "--url", base_url, "--json")
+    code, out, err = await run_cli(
+        settings, MESH, "ingest", str(folder), "--url", base_url, "--json", env=state_home
+    )
     again = json.loads(out)
     assert (again["accepted"], again["duplicates"], again["skipped"]) == (0, 0, 10), (out, err)
     assert again["images"] == first["images"] and code == 1  # broken.jpg is still refused

@@ -240,7 +240,8 @@ def test_frame_count_is_bounded_and_survives_loops() -> None:
         (b"<?xml version='1.0'?><html><svg></svg></html>", "not_an_image"),
         (b"<svgfoo/>", "not_an_image"),
         (b"%!PS-Adobe-2.0\n", "unsupported_format"),
-        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "unsupported_format"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", "broken_image"),  # an AVIF cut short
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ", "unsupported_format"),
         (b"GIF89a\x01", "broken_image"),
         (b"\x89PNG\r\n\x1a\n", "broken_image"),
     ],
