@@ -1,4 +1,4 @@
-"""The web page served by the gateway: upload, live status, a grid of similar images.
+"""The web page served by the gateway: the library (grid, uploads, live status, search, duplicates).
 
 The page is static (``gateway/static``: plain HTML, JS and CSS, no build step, nothing from a CDN) and
 talks to the public REST API like any other client, so it needs no API key to load: its calls send
@@ -17,8 +17,13 @@ from fastapi.responses import FileResponse
 from gateway.errors import ApiError
 
 STATIC_DIR = Path(__file__).parent / "static"
+_JS = "text/javascript; charset=utf-8"
 STATIC_FILES = {
-    "app.js": "text/javascript; charset=utf-8",
+    "app.js": _JS,  # the page's modules (ES modules, imported by app.js)
+    "api.js": _JS,
+    "library.js": _JS,
+    "search.js": _JS,
+    "uploads.js": _JS,
     "style.css": "text/css; charset=utf-8",
 }
 # Revalidate on each load (the ETag makes that a 304), so a redeployed page is never stale.
