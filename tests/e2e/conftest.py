@@ -10,9 +10,11 @@ import pytest
 
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
+from tests.e2e.browser import chromium, console_errors, page
 from tests.helpers import running_stack, upload, wait_status
 
-__all__ = ["upload", "wait_status"]  # older imports from here (tests.helpers is the home)
+# older imports from here (tests.helpers is the home); the browser fixtures, for every test of the folder
+__all__ = ["chromium", "console_errors", "page", "upload", "wait_status"]
 
 
 @pytest.fixture(scope="session")

@@ -8,67 +8,18 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from tests.e2e.browser import DONE_TIMEOUT_MS, screenshot_path
 from tests.helpers import upload, wait_status
 from tests.images import colour_shift, crop, flip, jpeg, photo
 
 if TYPE_CHECKING:
     from playwright.async_api import FilePayload, Page, Request, Route
-
-CHROMIUM = Path("/usr/bin/chromium")
-# As root on a machine with no outside network: no sandbox, and nothing that phones home at start-up.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DONE_TIMEOUT_MS = 120_000
-UI_TIMEOUT_MS = 30_000
-
-
-@pytest.fixture
-def console_errors() -> list[str]:
-    """Errors the page logged or threw; each test decides which it expects."""
-    return []
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's browser with "
-            "`apt-get install -y --no-install-recommends chromium` (Playwright's download does not work here)"
-        )
-    return CHROMIUM
-
-
-@pytest.fixture
-async def page(chromium: Path, base_url: str, console_errors: list[str]) -> AsyncIterator[Page]:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: `pip install -e '.[dev]'`")
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
-            context.set_default_timeout(UI_TIMEOUT_MS)
-            pg = await context.new_page()
-            pg.on("pageerror", lambda e: console_errors.append(f"pageerror: {e}"))
-            pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            yield pg
-        finally:
-            await browser.close()
 
 
 async def upload_neighbours(client: httpx.AsyncClient) -> list[str]:
@@ -186,32 +137,52 @@ async def test_drag_and_drop_upload(page: Page, client: httpx.AsyncClient, conso
     assert console_errors == []
 
 
-async def test_asks_for_an_api_key_when_refused(
-    page: Page, client: httpx.AsyncClient, console_errors: list[str], tmp_path: Path
+@pytest.mark.parametrize("sessions", [True, False], ids=["session-cookie", "no-sessions"])
+async def test_asks_for_an_api_key_once_when_refused(
+    page: Page, client: httpx.AsyncClient, console_errors: list[str], tmp_path: Path, sessions: bool
 ) -> None:
-    """The session's mesh runs without keys, so the browser plays a gateway that wants one."""
+    """The session's mesh runs without keys, so the browser plays a gateway that wants one: with sessions the
+    key is exchanged once for an HttpOnly cookie and <img> elements load their URLs as they are; a gateway
+    without sessions (POST /session 404) gets the key on every request and the pictures come as blobs."""
     from playwright.async_api import expect
 
-    key = "web-test-key"
+    key, token = "web-test-key", "signed-token"
     neighbours = await upload_neighbours(client)
     passed: list[str] = []
+    sessions_made: list[str] = []
 
     async def gate(route: Route, request: Request) -> None:
-        if request.headers.get("x-api-key") != key:
+        if request.url.endswith("/session"):
+            if not sessions:
+                await route.fulfill(status=404, json={"error": {"code": "not_found", "message": "Not Found"}})
+            elif request.method == "DELETE":
+                sessions_made.append("deleted")
+                await route.fulfill(status=204, headers={"Set-Cookie": "mesh_session=; Path=/; Max-Age=0"})
+            elif request.headers.get("x-api-key") == key:
+                sessions_made.append("made")
+                cookie = f"mesh_session={token}; Path=/; HttpOnly; SameSite=Strict"
+                await route.fulfill(status=204, headers={"Set-Cookie": cookie})
+            else:
+                await route.fulfill(
+                    status=401, json={"error": {"code": "unauthorized", "message": "bad key"}}
+                )
+            return
+        cookie_ok = f"mesh_session={token}" in (request.headers.get("cookie") or "")
+        if request.headers.get("x-api-key") != key and not cookie_ok:
             body = {"error": {"code": "unauthorized", "message": "a valid API key is required"}}
             await route.fulfill(status=401, json=body)
             return
         passed.append(request.url)
         await route.continue_()
 
-    await page.route(re.compile(r"/images/"), gate)
+    # the API's paths (not the page's own files, such as static/search.js)
+    await page.route(re.compile(r"^https?://[^/]+/(images|search|session|events|duplicates)\b"), gate)
     await page.goto(f"/?image={neighbours[0]}")
     dialog = page.get_by_role("dialog", name="API key needed")
     await expect(dialog).to_be_visible()
     await page.get_by_label("API key", exact=True).fill("wrong")
     await page.get_by_role("button", name="Use key").click()
     await expect(page.locator("#key-reason")).to_contain_text("refused")
-    await expect(page.get_by_role("button", name="Forget API key")).to_be_hidden()
     await page.screenshot(path=str(tmp_path / "key.png"))
     await page.get_by_label("API key", exact=True).fill(key)
     await page.get_by_role("button", name="Use key").click()
@@ -220,11 +191,22 @@ async def test_asks_for_an_api_key_when_refused(
     await expect(page.locator(f'#grid .result[data-image-id="{neighbours[1]}"]')).to_be_visible()
     await thumbnails_loaded(page)
     srcs = await page.eval_on_selector_all("#grid img", "els => els.map(e => e.src)")
-    assert srcs and all(s.startswith("blob:") for s in srcs), srcs
-    assert any("/content?presigned=false" in u for u in passed), passed
-    assert await page.evaluate("sessionStorage.getItem('mesh.apiKey')") == key
+    stored = await page.evaluate(
+        "[sessionStorage.getItem('mesh.apiKey'), sessionStorage.getItem('mesh.session')]"
+    )
+    if sessions:  # the cookie does it: plain URLs, and the key itself is kept nowhere
+        assert srcs and all("/thumbnail" in s for s in srcs), srcs
+        assert stored == [None, "1"] and sessions_made == ["made"]
+    else:
+        assert srcs and all(s.startswith("blob:") for s in srcs), srcs
+        assert stored == [key, None]
     await expect(page.get_by_role("button", name="Forget API key")).to_be_visible()
-    assert all("401" in e for e in console_errors), console_errors
+    await page.get_by_role("button", name="Forget API key").click()
+    await expect(dialog).to_be_visible()  # the page asks again: nothing is remembered
+    if sessions:
+        assert sessions_made == ["made", "deleted"]
+    expected = ("401",) if sessions else ("401", "404")  # without sessions: POST /session answers 404
+    assert all(any(code in e for code in expected) for e in console_errors), console_errors
 
 
 async def test_search_by_words_shows_the_mode_and_label_chips_filter(
@@ -254,7 +236,7 @@ async def test_search_by_words_shows_the_mode_and_label_chips_filter(
     await expect(page.locator("#results-status")).to_contain_text("Searched by labels")
     await expect(page.locator(f'#grid .result[data-image-id="{cat_id}"]')).to_be_visible()
     assert "q=cats" in page.url
-    await page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+    await page.screenshot(path=str(screenshot_path("search")), full_page=True)
 
     # a word that names no label: the reason, no error
     await page.get_by_role("searchbox", name="Search images by words").fill("xylophonist")
@@ -262,11 +244,18 @@ async def test_search_by_words_shows_the_mode_and_label_chips_filter(
     await expect(page.locator("#results-status")).to_contain_text("No label matches")
     await expect(page.locator("#grid .result")).to_have_count(0)
 
-    # a chip: the images labelled so, this one among them
+    # a chip filters the library: the images labelled so, this one among them
     await chips.first.click()
-    await expect(page.locator("#results-heading")).to_have_text(f"Images labelled “{names[0]}”")
-    await expect(page.locator(f'#grid .result[data-image-id="{cat_id}"]')).to_be_visible()
-    assert "label=" in page.url
+    await expect(page.locator("#library")).to_be_visible()
+    await expect(page.locator("#filters .chip")).to_have_text(f"label:{names[0]} ×")
+    await expect(page.locator(f'#library-grid .tile[data-image-id="{cat_id}"]')).to_be_visible()
+    await expect(page.locator("#library-grid")).to_have_attribute("data-complete", re.compile("true|false"))
+    for image_id in await page.eval_on_selector_all(
+        "#library-grid .tile", "els => els.map(e => e.dataset.imageId)"
+    ):
+        rec = (await client.get(f"/images/{image_id}")).json()
+        assert names[0] in {label["name"] for label in rec["labels"] or []}, rec
+    assert "filter=label" in page.url
     await page.go_back()  # the previous search, from the URL
     await expect(page.locator("#results-status")).to_contain_text("No label matches")
     assert console_errors == []
