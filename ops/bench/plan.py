@@ -29,6 +29,7 @@ class Plan:
     image_size: tuple[int, int] = (1024, 768)
     label_copies: int = 9  # variants of each photo with a known ImageNet class (ops/bench/labels.py)
     label_distractor_copies: int = 3  # variants of each other photo
+    copies_size: str = "full"  # the copy-detection evaluation set (ops/bench/copies.py): "full" or "reduced"
 
 
 QUICK = Plan("quick")
@@ -63,4 +64,5 @@ SMOKE = Plan(
     image_size=(512, 384),
     label_copies=3,
     label_distractor_copies=1,
+    copies_size="reduced",
 )

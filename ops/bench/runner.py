@@ -7,6 +7,7 @@ with their min and max.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ STEPS = (
     "profile",
     "queries",
     "labels",
+    "copies",
     "uploads",
 )  # in the order they run
 
@@ -93,6 +95,7 @@ class Runner:
             self.profile,
             self.queries,
             self.labels,
+            self.copies,
             self.uploads,
         ):
             if self.only is not None and step.__name__ not in self.only:
@@ -285,6 +288,20 @@ class Runner:
         self.res.details["labels"] = found
         self.res.add("label_precision", [found["precision"]])
         self.res.add("label_recall", [found["recall"]])
+
+    # --- copies apart from look-alikes: the labelled pair set in-process, the checker's cost in the mesh ----
+    async def copies(self) -> None:
+        from ops.bench import copies as copy_bench
+
+        size: copy_bench.Size = "reduced" if self.plan.copies_size == "reduced" else "full"
+        found = await asyncio.to_thread(copy_bench.run, size)
+        tiers = found["evaluation"]["tiers"]
+        self.res.details["copies"] = found
+        self.res.add("copy_precision", [tiers["copy_tier"]["all"]["precision"]])
+        self.res.add("copy_recall", [tiers["copy_tier"]["all"]["recall"]])
+        self.res.add("cosine_best_precision", [tiers["cosine_best"]["all"]["precision"]])
+        # the checker in the mesh, over everything the earlier steps ingested (their copies and look-alikes)
+        self.res.details["copy_check_mesh"] = self.bench.copy_check_times()
 
     async def _config(self) -> MeshConfig:
         from actors.adapters.config_client import ConfigClient

@@ -70,6 +70,51 @@ def parse_stage_times(texts: list[str]) -> StageTimes:
     return st
 
 
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile of a cumulative histogram ``[(upper bound, count), ...]``, linear inside a bucket."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def parse_copy_check(texts: list[str]) -> dict[str, Any]:
+    hists: dict[str, dict[float, float]] = {"mesh_copy_check_seconds": {}, "mesh_copy_verify_seconds": {}}
+    pairs: dict[str, float] = {}
+    queue = 0.0
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and family.name in hists:
+                    le = float(sample.labels["le"])
+                    hists[family.name][le] = hists[family.name].get(le, 0.0) + sample.value
+                elif sample.name == "mesh_copy_pairs_total":
+                    verdict = sample.labels.get("verdict", "")
+                    pairs[verdict] = pairs.get(verdict, 0.0) + sample.value
+                elif sample.name == "mesh_copy_check_queue":
+                    queue += sample.value
+    out: dict[str, Any] = {"pairs": pairs, "queue": queue}
+    for name, key in (
+        ("mesh_copy_check_seconds", "per_image_ms"),
+        ("mesh_copy_verify_seconds", "per_pair_ms"),
+    ):
+        buckets = sorted(hists[name].items())
+        q50, q99 = _quantile(buckets, 0.5), _quantile(buckets, 0.99)
+        out[key] = {
+            "n": int(buckets[-1][1]) if buckets else 0,
+            "p50": None if q50 is None else round(1000 * q50, 2),
+            "p99": None if q99 is None else round(1000 * q99, 2),
+        }
+    return out
+
+
 class BenchStack:
     """A whole mesh under supervisord for the benchmarks; ``close()`` stops everything it started."""
 
@@ -160,6 +205,16 @@ class BenchStack:
             r.raise_for_status()
             texts.append(r.text)
         return parse_stage_times(texts)
+
+    def copy_check_times(self) -> dict[str, Any]:
+        """The copy checker's cost so far, from the coordinators' histograms: per image and per pair (p50,
+        p99 by interpolating the buckets), pairs by verdict, and the queue it still has."""
+        texts = []
+        for port in self.coordinator_ports:
+            r = httpx.get(f"http://{self.settings.host}:{port}/metrics", timeout=10)
+            r.raise_for_status()
+            texts.append(r.text)
+        return parse_copy_check(texts)
 
     def close(self) -> None:
         self.remove_coordinators()

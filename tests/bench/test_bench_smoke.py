@@ -78,8 +78,12 @@ async def test_every_benchmark_produces_sane_figures(bench: BenchStack, tmp_path
     assert lab["errors"] == 0 and lab["images"] > lab["copies_per_photo"] * lab["photos_with_known_class"]
     assert {w["mode"] for w in lab["per_word"].values()} == {"labels"}
     assert 0 <= lab["precision"] <= 1 and 0 <= lab["recall"] <= 1 and lab["labels_step_ms_per_image"] > 0
+    # the copy tier was measured on its evaluation split, and the mesh's checker verified pairs meanwhile
+    copies = d["copies"]
+    assert copies["size"] == "reduced" and 0 <= data["figures"]["copy_precision"]["median"] <= 1
+    assert d["copy_check_mesh"]["per_image_ms"]["n"] > 0
     report = markdown(data, SMOKE)
-    assert "## Label search" in report
+    assert "## Label search" in report and "## Copies apart from look-alikes" in report
     assert "| `ingest_ratio` |" in report and "cores" in report and "## Conditions" in report
     (tmp_path / "summary.json").write_text(json.dumps(data, indent=1))  # it must serialize; kept to read
     # the realistic vectors are cached: a second query step embeds nothing
