@@ -2,9 +2,10 @@
 
 This module only wires: ``create_app(settings)`` builds the adapters in a lifespan (``gateway.deps.Services``),
 installs the error handlers (``gateway.errors``) and middlewares, and includes the routers: ``images``
-(upload, read, similar, content, encode), ``search``, ``models``, ``health`` (health, readiness, mesh status,
-metrics) and ``web`` (the page). In the production profile ``create_admin_app`` serves status, metrics and the
-API docs on their own port instead. Nothing imports this module but the entry point (``gateway/__main__.py``).
+(upload, read, similar, content, encode), ``search``, ``models``, ``session`` (the browser's cookie), ``health``
+(health, readiness, mesh status, metrics) and ``web`` (the page). In the production profile ``create_admin_app``
+serves status, metrics and the API docs on their own port instead. Nothing imports this module but the entry
+point (``gateway/__main__.py``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from actors.decode_budget import DecodeBudget
 from actors.errors import MeshError
 from actors.runtime import connect_nats
 from actors.settings import Settings
-from gateway import duplicates, health, images, library, metrics, models, search, web
+from gateway import duplicates, health, images, library, live, metrics, models, search, session, web
 from gateway.auth import ApiKeys
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
 from gateway.forms import UploadGuard
 from gateway.intents import UploadIntents
+from gateway.openapi import TAGS, MeshApi, unique_id
 
 log = structlog.get_logger("gateway")
 
@@ -93,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("gateway.drain_failed", error=f"{type(e).__name__}: {e}")
 
     split = settings.admin_port_split  # production: /status, /metrics and the docs only on the admin port
-    app = FastAPI(
+    app = MeshApi(  # FastAPI with an OpenAPI document that matches the answers (gateway/openapi.py)
         title="Image similarity mesh",
         version="0.1.0",
         description="Upload images; find similar ones. Embeddings by Triton, search by Redis, work by NATS.",
@@ -101,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None if split else "/docs",
         redoc_url=None if split else "/redoc",
         openapi_url=None if split else "/openapi.json",
+        openapi_tags=TAGS,
+        generate_unique_id_function=unique_id,
     )
     app.state.api_keys = ApiKeys.from_settings(settings)
     install_error_handlers(app)
@@ -108,9 +112,11 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.install(app)
     app.include_router(images.router)
     app.include_router(library.router)
+    app.include_router(live.router)
     app.include_router(search.router)
     app.include_router(duplicates.router)
     app.include_router(models.router)
+    app.include_router(session.router)
     app.include_router(health.router)
     if not split:
         app.include_router(health.admin_router)

@@ -6,6 +6,9 @@ parses them) and its own token bucket: ``MESH_API_RATE_PER_S`` requests per seco
 through at up to N times the rate (a shared limit would need Redis on every request's path). Only known keys
 get a bucket, so a flood of invented keys costs no memory; they are refused with 401 before any bucket.
 
+A browser page may present a session token (the ``mesh_session`` cookie, ``gateway/session_tokens.py``) instead
+of the key: ``session_key`` maps it back to the key that minted it, which then has that key's scopes and bucket.
+
 Pure: no FastAPI here (``gateway/deps.py`` turns the answers into 401, 429 and 403).
 """
 
@@ -18,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from actors.settings import Settings
+from gateway.session_tokens import SessionTokens
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ApiKeys:
             if rate_per_s > 0
             else {}
         )
+        self.sessions = SessionTokens(self._scopes)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ApiKeys:
@@ -77,6 +82,10 @@ class ApiKeys:
             if hmac.compare_digest(given.encode(), key.encode()):
                 found = key
         return found
+
+    def session_key(self, token: str | None) -> str | None:
+        """The configured key a session token was issued for, or None (``SessionTokens.verify``)."""
+        return self.sessions.verify(token) if self.enabled else None
 
     def allows(self, key: str, scope: str) -> bool:
         return scope in self._scopes.get(key, frozenset())

@@ -9,7 +9,7 @@ alone, as before: a range query per image. Every result says its tier (``copy`` 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query
@@ -20,14 +20,14 @@ from gateway import params
 from gateway.deps import Svc, require_api_key
 from gateway.errors import ApiError, error_responses
 from gateway.records import active_embedding, get_record
+from gateway.replies import DuplicateGroupsReply, DuplicateHit, DuplicatesMode, DuplicatesReply
 
 router = APIRouter(
     dependencies=[Depends(require_api_key)], tags=["duplicates"], responses=error_responses(401, 403, 429)
 )
 
-Mode = Literal["copies", "similar"]
 ModeParam = Annotated[
-    Mode,
+    DuplicatesMode,
     Query(description="`copies`: verified copies of the same picture; `similar`: cosine similarity alone"),
 ]
 ThresholdParam = Annotated[
@@ -38,17 +38,15 @@ ThresholdParam = Annotated[
         description="`similar` mode: the cosine cut (default: the config's near_duplicate_threshold)",
     ),
 ]
-_R503 = {"description": "Redis, the indexer or the object store is down: retry later"}
+_R503 = (503, "Redis, the indexer or the object store is down: retry later")
 
 
 @router.get(
     "/images/{image_id}/duplicates",
-    responses={
-        400: {"description": "bad parameter"},
-        404: {"description": "unknown image"},
-        409: {"description": "not indexed yet"},
-        503: _R503,
-    },
+    operation_id="image_duplicates",
+    responses=error_responses(
+        (400, "bad parameter"), (404, "unknown image"), (409, "not indexed yet"), _R503
+    ),
 )
 async def image_duplicates(
     image_id: str,
@@ -57,7 +55,7 @@ async def image_duplicates(
     k: params.KParam = None,
     offset: params.OffsetParam = 0,
     threshold: ThresholdParam = None,
-) -> dict[str, Any]:
+) -> DuplicatesReply:
     """The duplicates of a stored image, most similar first, each with its `tier`.
 
     `mode=copies` (default): the images verified as copies of this one (an edit of it: re-encoded, resized,
@@ -72,7 +70,9 @@ async def image_duplicates(
     if mode == "similar":
         cut = threshold if threshold is not None else cfg.near_duplicate_threshold
         hits = await svc.search.query(model, vec, size, offset=offset, exclude_id=image_id, min_score=cut)
-        results = [{"image_id": h.image_id, "score": h.score, "tier": "similar"} for h in hits]
+        results: list[DuplicateHit] = [
+            {"image_id": h.image_id, "score": h.score, "tier": "similar"} for h in hits
+        ]
         return {"image_id": image_id, "model": model, "mode": mode, "threshold": cut, "results": results}
     rec = await get_record(svc, image_id)
     scored = []
@@ -81,25 +81,29 @@ async def image_duplicates(
         if theirs is not None:  # deleted meanwhile, or not under this model
             scored.append((other, round(float(np.dot(vec, theirs)), 6)))
     scored.sort(key=lambda p: (-p[1], p[0]))
-    results = [{"image_id": i, "score": sc, "tier": "copy"} for i, sc in scored[offset : offset + size]]
+    copies: list[DuplicateHit] = [
+        {"image_id": i, "score": sc, "tier": "copy"} for i, sc in scored[offset : offset + size]
+    ]
     return {
         "image_id": image_id,
         "model": model,
         "mode": mode,
         "checked": bool(rec.copy_check),
-        "results": results,
+        "results": copies,
     }
 
 
 @router.get(
     "/duplicates",
-    responses={
-        400: {
-            "description": "bad parameter; `mode=similar`: the index over the indexer's max_images (20000), or "
-            "a threshold so low that the images have more than 50 near pairs each on average (`too_many_pairs`)"
-        },
-        503: _R503,
-    },
+    operation_id="duplicate_groups",
+    responses=error_responses(
+        (
+            400,
+            "bad parameter; `mode=similar`: the index over the indexer's max_images (20000), or a threshold so "
+            "low that the images have more than 50 near pairs each on average (`too_many_pairs`)",
+        ),
+        _R503,
+    ),
 )
 async def duplicate_groups(
     svc: Svc,
@@ -109,7 +113,7 @@ async def duplicate_groups(
         str, Query(max_length=200, description="`next_cursor` of the previous page; empty for the first")
     ] = "",
     threshold: ThresholdParam = None,
-) -> dict[str, Any]:
+) -> DuplicateGroupsReply:
     """Groups of duplicates, a page at a time; each group says its `tier`.
 
     `mode=copies` (default): groups of images joined by verified copy pairs (a copy of a copy joins the

@@ -1,11 +1,22 @@
 """The gateway's error contract (DESIGN.md section 3): ``ApiError``, the ``{"error": {"code", "message"}}`` body,
 its OpenAPI description, and the exception handlers that turn every typed error into that body and a status.
 
+400 or 422, the rule: **a request the gateway cannot use is 400**, whatever part of it is wrong: the path, a
+query parameter, a header, a form field or JSON body that FastAPI cannot parse or that is out of range (FastAPI
+itself would say 422: ``RequestValidationError`` is answered 400 ``missing_field`` or ``invalid_request``
+here), or a value the route refuses (``bad_filter``, ``bad_page``, ``not_an_image``...). **422 is kept for one
+thing only**, the upload's ``metadata`` form field: the request is well formed and the image may be fine, but
+the metadata document breaks its rules (not UTF-8, not JSON, not a flat object of short keys to strings or
+numbers: 422 ``invalid_metadata``, ``gateway/metadata.py``). That is the REST contract as it has always been
+answered; the OpenAPI document says the same (``request_errors_as_400``: no FastAPI ``HTTPValidationError``
+anywhere, a 400 with this body on every operation that takes input, 422 on ``POST /images/upload`` only).
+
 A leaf of the gateway: it imports no router and nothing that imports a router.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -56,9 +67,38 @@ _ERROR_TEXT = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries for these error statuses, all with the contract's error body."""
-    return {s: {"model": ErrorBody, "description": _ERROR_TEXT[s]} for s in statuses}
+def error_responses(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these error statuses, all with the contract's error body; a status
+    given as ``(status, description)`` says what it means on that route instead of the generic text."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for item in statuses:
+        status, text = item if isinstance(item, tuple) else (item, _ERROR_TEXT[item])
+        out[status] = {"model": ErrorBody, "description": text}
+    return out
+
+
+def request_errors_as_400(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document made to say what the handlers answer (the module's 400/422 rule): FastAPI documents
+    422 ``HTTPValidationError`` on every operation with parameters or a body, but request validation is
+    answered 400 with the error body. Each such 422 becomes a 400 (unless the route documents its own 400),
+    and the unused ``HTTPValidationError``/``ValidationError`` schemas go. Changes ``schema`` in place."""
+    fastapi_422 = "#/components/schemas/HTTPValidationError"
+    error_400 = {
+        "description": _ERROR_TEXT[400],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            documented = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if documented.get("schema", {}).get("$ref") == fastapi_422:
+                del responses["422"]
+                responses.setdefault("400", error_400)
+    components = schema.get("components", {}).get("schemas", {})
+    if fastapi_422 not in json.dumps(schema.get("paths", {})):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+    return schema
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

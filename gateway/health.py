@@ -17,13 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from actors import contract
 from actors.errors import MeshError
 from gateway.deps import Services, services
+from gateway.errors import error_responses
+from gateway.replies import Health, MeshStatus, Readiness
 
-router = APIRouter()
-admin_router = APIRouter()
+router = APIRouter(tags=["health"])
+admin_router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
+@router.get("/health", operation_id="health")
+async def health() -> Health:
     """200 while the process is alive."""
     return {"status": "ok"}
 
@@ -41,7 +43,14 @@ async def _problems(svc: Services) -> dict[str, str]:
     return problems
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    operation_id="readiness",
+    responses={  # answered as a JSONResponse (200 or 503): typed here, not checked again
+        200: {"model": Readiness, "description": "NATS, Redis and S3 answer"},
+        503: {"model": Readiness, "description": "`failed` names what does not answer"},
+    },
+)
 async def ready(request: Request) -> JSONResponse:
     """200 when NATS, Redis and S3 answer; else 503 naming what failed."""
     problems = await _problems(services(request))
@@ -71,16 +80,18 @@ async def _micro_services(svc: Services) -> dict[str, int]:
     return counts
 
 
-@admin_router.get("/status")
-async def status(request: Request) -> dict[str, Any]:
+@admin_router.get("/status", operation_id="mesh_status", responses=error_responses(503))
+async def status(request: Request) -> MeshStatus:
     """The whole mesh: each server, each actor service, the active index and Triton's models."""
     svc = services(request)
     problems = await _problems(svc)
     cfg = await svc.config.get()
-    body: dict[str, Any] = {
+    body: MeshStatus = {
         "servers": {name: problems.get(name, "ok") for name in ("nats", "redis", "s3")},
         "services": await _micro_services(svc),
         "active_model": cfg.active_model,
+        "triton": {},
+        "index": {},
     }
     try:
         body["triton"] = {
@@ -107,6 +118,6 @@ def _builtins(x: Any) -> dict[str, Any]:
     return out
 
 
-@admin_router.get("/metrics", response_class=PlainTextResponse)
+@admin_router.get("/metrics", response_class=PlainTextResponse, operation_id="metrics")
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -13,17 +13,25 @@ from gateway.errors import error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.metadata import parse_metadata
 from gateway.records import active_embedding, get_record, record_view
+from gateway.replies import EncodeReply, ImageRecordView, SimilarReply, UploadAccepted
 from gateway.upload import accept_upload
 
 # every route needs an API key with `read` (when keys are on); uploads and /encode need `write`
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=error_responses(401, 403, 429))
+router = APIRouter(
+    dependencies=[Depends(require_api_key)], tags=["images"], responses=error_responses(401, 403, 429)
+)
 
 
 @router.post(
     "/images/upload",
     status_code=202,
     dependencies=[WRITE],
-    responses={200: {"description": "identical bytes already uploaded"}, 400: {}, 413: {}, 415: {}, 422: {}},
+    operation_id="upload_image",
+    responses={  # the route answers its JSONResponse itself (202 or 200): typed here, not checked again
+        202: {"model": UploadAccepted, "description": "a new image, queued for processing"},
+        200: {"model": UploadAccepted, "description": "identical bytes already uploaded (`duplicate: true`)"},
+        **error_responses(400, 413, 415, (422, "malformed `metadata` (`invalid_metadata`)"), 503),
+    },
 )
 async def upload(
     request: Request,
@@ -51,7 +59,7 @@ async def upload(
         intents=svc.intents,
         filename=file.filename or "",
     )
-    body: dict[str, Any] = {
+    body: UploadAccepted = {
         "image_id": accepted.image_id,
         "status": accepted.status,
         "sha256": accepted.sha256,
@@ -62,12 +70,12 @@ async def upload(
     return JSONResponse(body, status_code=202)
 
 
-@router.get("/images/{image_id}", responses=error_responses(400, 404, 503))
+@router.get("/images/{image_id}", operation_id="get_image", responses=error_responses(400, 404, 503))
 async def get_image(
     image_id: str,
     svc: Svc,
     include: Annotated[str | None, Query(description="`embedding` adds the vector")] = None,
-) -> dict[str, Any]:
+) -> ImageRecordView:
     """An image's record: status, history, size, metadata, model, error."""
     rec = await get_record(svc, image_id)
     body = record_view(rec)
@@ -79,11 +87,13 @@ async def get_image(
 
 @router.get(
     "/images/{image_id}/similar",
-    responses={
-        400: {"description": "bad `filter`, or a page beyond offset 10000"},
-        404: {"description": "unknown image"},
-        409: {"description": "the image is not indexed yet"},
-    },
+    operation_id="similar_images",
+    responses=error_responses(
+        (400, "bad `filter`, or a page beyond offset 10000"),
+        (404, "unknown image"),
+        (409, "the image is not indexed yet"),
+        503,
+    ),
 )
 async def similar(
     image_id: str,
@@ -91,7 +101,7 @@ async def similar(
     k: params.KParam = None,
     offset: params.OffsetParam = 0,
     filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
-) -> dict[str, Any]:
+) -> SimilarReply:
     """The stored images most like this one, best first (cosine similarity); the image itself is excluded.
 
     `k` above the config's `max_k` is clamped to it; `offset` pages (at most 10000). `filter=key:value`
@@ -115,6 +125,7 @@ async def similar(
 @router.get(
     "/images/{image_id}/content",
     response_class=Response,
+    operation_id="get_content",
     responses={
         200: {"description": "the original bytes", "content": {"image/*": {}}},
         307: {"description": "redirect to a pre-signed object-store URL"},
@@ -134,8 +145,13 @@ async def content(
     return Response(data, media_type=rec.content_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.post("/encode", responses=error_responses(400, 413, 415, 503), dependencies=[WRITE])
-async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+@router.post(
+    "/encode",
+    operation_id="encode_image",
+    responses=error_responses(400, 413, 415, 503),
+    dependencies=[WRITE],
+)
+async def encode(svc: Svc, request: Request, file: Annotated[UploadFile, File()]) -> EncodeReply:
     """The embedding service: an image in, its vector out under the active model; nothing is stored."""
     cfg = await svc.config.get()
     data = await read_limited(request, file, cfg.max_upload_bytes)

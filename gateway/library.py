@@ -25,6 +25,7 @@ from gateway import params
 from gateway.deps import Svc, require_api_key
 from gateway.errors import ApiError, error_responses
 from gateway.records import get_record
+from gateway.replies import ImageList, ListedImage
 
 router = APIRouter(
     dependencies=[Depends(require_api_key)], tags=["library"], responses=error_responses(401, 403, 429)
@@ -39,11 +40,11 @@ def thumbnail_url(image_id: str, has_thumbnail: bool) -> str | None:
     return f"images/{image_id}/thumbnail" if has_thumbnail else None
 
 
-def listed_view(row: Listed) -> dict[str, Any]:
+def listed_view(row: Listed) -> ListedImage:
     f = row.fields
     return {
         "image_id": row.image_id,
-        "status": row.status,
+        "status": Status(row.status),
         "filename": f.get("filename", ""),
         "content_type": f.get("content_type", ""),
         "size_bytes": int(f.get("size_bytes") or 0),
@@ -54,7 +55,7 @@ def listed_view(row: Listed) -> dict[str, Any]:
     }
 
 
-@router.get("/images", responses=error_responses(400, 503))
+@router.get("/images", operation_id="list_images", responses=error_responses(400, 503))
 async def list_images(
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")] = 50,
@@ -63,7 +64,7 @@ async def list_images(
     ] = "",
     status: Annotated[Status | None, Query(description="only images in this state")] = None,
     filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
-) -> dict[str, Any]:
+) -> ImageList:
     """The uploaded images, newest first, a page at a time.
 
     `next_cursor` (null on the last page) continues after the last image shown, so uploads that arrive while
@@ -90,6 +91,7 @@ def _not_modified(if_none_match: str | None, etag: str) -> bool:
 @router.get(
     "/images/{image_id}/thumbnail",
     response_class=Response,
+    operation_id="get_thumbnail",
     responses={
         200: {"description": "WebP bytes", "content": {"image/webp": {}}},
         304: {"description": "`If-None-Match` names these bytes"},

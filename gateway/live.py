@@ -47,6 +47,7 @@ def sse(event: ImageEvent) -> bytes:
 
 @router.get(
     "/events",
+    operation_id="image_events",
     response_class=StreamingResponse,
     responses={
         200: {"description": "text/event-stream of image events", "content": {"text/event-stream": {}}},

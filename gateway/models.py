@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgspec
@@ -30,6 +30,7 @@ from actors.rpc import call
 from actors.settings import Settings
 from gateway.deps import ADMIN, Services, Svc, require_api_key
 from gateway.errors import ApiError, error_responses
+from gateway.replies import ModelsReply, ModelView, SwitchAccepted, SwitchView
 
 # every route needs an API key with `read` (when keys are on); the switch needs `admin`
 router = APIRouter(
@@ -86,8 +87,8 @@ async def describe(svc: Services, name: str) -> dict[str, Any] | None:
     return body
 
 
-@router.get("/models")
-async def list_models(svc: Svc) -> dict[str, Any]:
+@router.get("/models", operation_id="list_models", responses=error_responses(503))
+async def list_models(svc: Svc) -> ModelsReply:
     """Every model Triton serves, which one is active, and the latest switch (state, `done`/`total` images).
 
     `switch.state`: `building` (re-embedding the done images under the new model; the active one serves),
@@ -99,7 +100,7 @@ async def list_models(svc: Svc) -> dict[str, Any]:
     if target:
         names.add(target)
     found = await asyncio.gather(*(describe(svc, n) for n in sorted(names)))
-    models = [m | {"active": m["name"] == cfg.active_model} for m in found if m is not None]
+    models = [cast(ModelView, m | {"active": m["name"] == cfg.active_model}) for m in found if m is not None]
     # a short-lived client: these routes are for operators, not the hot path (an outage: RetryableError, 503)
     url = svc.settings.redis_url_for("gateway")
     async with SwitchProgress.from_url(url, svc.settings.redis_prefix) as store:
@@ -110,7 +111,7 @@ async def list_models(svc: Svc) -> dict[str, Any]:
         # a request not applied yet: none since POST /models/switch sets next_model before it answers
         "requested": None,
         "models": models,
-        "switch": None if progress is None else msgspec.to_builtins(progress),
+        "switch": None if progress is None else cast(SwitchView, msgspec.to_builtins(progress)),
     }
 
 
@@ -118,10 +119,18 @@ async def list_models(svc: Svc) -> dict[str, Any]:
     "/models/switch",
     status_code=202,
     dependencies=[ADMIN],
+    operation_id="switch_model",
+    response_model=SwitchAccepted,
     responses={
-        200: {"description": "the model is already active and no switch is running: nothing to do"},
-        400: {"description": "Triton does not serve this model, or it is not an image model"},
-        503: {"description": "Triton or the coordinator is down: retry later"},
+        202: {"description": "the switch is under way (or the running one cancelled): poll `GET /models`"},
+        200: {
+            "model": SwitchAccepted,
+            "description": "the model is already active and no switch is running: nothing to do",
+        },
+        **error_responses(
+            (400, "Triton does not serve this model, or it is not an image model"),
+            (503, "Triton or the coordinator is down: retry later"),
+        ),
     },
 )
 async def request_switch(body: SwitchRequest, svc: Svc) -> Any:

@@ -4,13 +4,14 @@ active model (404 unknown, 409 not indexed yet). Shared by the image and search 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from actors.contract import ImageRecord, Status
 from gateway.deps import Services
 from gateway.errors import ApiError
+from gateway.replies import ImageRecordView
 
 SEARCHABLE = frozenset({Status.INDEXED, Status.DONE})
 
@@ -23,14 +24,15 @@ async def get_record(svc: Services, image_id: str) -> ImageRecord:
     return rec
 
 
-def record_view(rec: ImageRecord) -> dict[str, Any]:
+def record_view(rec: ImageRecord) -> ImageRecordView:
     """The record as the API shows it: without the object keys, the replay attempt and the job's stream
-    sequence (internal); with ``thumbnail_url`` (null until the pipeline made the thumbnail)."""
+    sequence (internal); with ``thumbnail_url`` (null until the pipeline made the thumbnail). Every other field
+    of ``ImageRecord`` goes out as it is (a test checks that ``ImageRecordView`` names each of them)."""
     body: dict[str, Any] = msgspec.to_builtins(rec)
     for internal in ("object_key", "thumbnail_key", "attempt", "job_seq"):
         body.pop(internal, None)
     body["thumbnail_url"] = f"images/{rec.image_id}/thumbnail" if rec.thumbnail_key else None
-    return body
+    return cast(ImageRecordView, body)
 
 
 async def active_embedding(svc: Services, image_id: str, active_model: str) -> tuple[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -28,6 +28,7 @@ from gateway.errors import ApiError, error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.library import PREVIEW_SIDE
 from gateway.records import get_record
+from gateway.replies import ImageSearchReply, ScoredImage, SearchReply
 
 # every route needs an API key with `read` (when keys are on); DELETE needs `write`
 router = APIRouter(
@@ -38,8 +39,7 @@ IMAGE_SUFFIX, TEXT_SUFFIX = "_image", "_text"
 THUMBNAIL_SIDES = (THUMBNAIL_SIDE, PREVIEW_SIDE)  # the pipeline's thumbnail, the preview (gateway/library.py)
 MAX_QUERY_CHARS = 1000
 
-_R400 = {"description": "bad `filter`, `k`/`offset` beyond the limits, or a bad parameter"}
-_R503 = {"description": "Triton, the indexer or Redis is down: retry later"}
+_R503 = (503, "Triton, the indexer or Redis is down: retry later")
 
 
 def text_model_for(image_model: str) -> str | None:
@@ -63,24 +63,25 @@ def embedding_errors(model: str) -> Iterator[None]:
         raise ApiError(502, "embedder_error", f"{model}: {e}") from e
 
 
-def hits_view(hits: list[Hit]) -> list[dict[str, Any]]:
+def hits_view(hits: list[Hit]) -> list[ScoredImage]:
     return [{"image_id": h.image_id, "score": h.score} for h in hits]
 
 
-_R400_TEXT = {
-    "description": "bad `filter`, `k`/`offset` beyond the limits, a bad parameter, or `no_text_tower`: the "
-    "active model has neither a text tower nor a classifier's labels"
-}
+_R400_TEXT = (
+    400,
+    "bad `filter`, `k`/`offset` beyond the limits, a bad parameter, or `no_text_tower`: the active model has "
+    "neither a text tower nor a classifier's labels",
+)
 
 
-@router.get("/search", responses={400: _R400_TEXT, 503: _R503})
+@router.get("/search", operation_id="search_text", responses=error_responses(_R400_TEXT, _R503))
 async def search_text(
     svc: Svc,
     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="the text to match")],
     k: params.KParam = None,
     offset: params.OffsetParam = 0,
     filter: params.FilterParam = [],  # noqa: B006 (the public name; FastAPI copies defaults)
-) -> dict[str, Any]:
+) -> SearchReply:
     """Text to image: the stored images that best match `q`, best first; `mode` says how.
 
     `"mode": "embedding"`: the text is embedded by the text tower paired with the active model (`clip_image`
@@ -129,14 +130,28 @@ async def search_labels(
     size: int,
     offset: int,
     filters: dict[str, str],
-) -> dict[str, Any]:
+) -> SearchReply:
     """``GET /search`` in ``labels`` mode (``actors/labels/matching.py``)."""
     found = match(vocab, q)
-    body: dict[str, Any] = {"model": model, "mode": "labels", "labels": list(found.names)}
+    labels = list(found.names)
     if not found.names:
-        return body | {"results": [], "matched": 0, "reason": found.reason}
+        reason = found.reason or ""  # never empty when nothing matched
+        return {
+            "model": model,
+            "mode": "labels",
+            "labels": labels,
+            "matched": 0,
+            "results": [],
+            "reason": reason,
+        }
     page = await svc.search.label_search(model, found.names, size, offset, filters)
-    body |= {"matched": page.matched, "results": hits_view(page.hits)}
+    body: SearchReply = {
+        "model": model,
+        "mode": "labels",
+        "labels": labels,
+        "matched": page.matched,
+        "results": hits_view(page.hits),
+    }
     if page.truncated:
         body["truncated"] = True  # more images have these labels than one search ranks (LABEL_WINDOW)
     return body
@@ -144,12 +159,13 @@ async def search_labels(
 
 @router.post(
     "/search/image",
-    responses={
-        400: {"description": "not an image, a broken image, or a bad parameter"},
-        413: {"description": "over the byte or pixel limit"},
-        415: {"description": "a format that is not allowed"},
-        503: _R503,
-    },
+    operation_id="search_image",
+    responses=error_responses(
+        (400, "not an image, a broken image, or a bad parameter"),
+        (413, "over the byte or pixel limit"),
+        (415, "a format that is not allowed"),
+        _R503,
+    ),
 )
 async def search_image(
     request: Request,
@@ -158,7 +174,7 @@ async def search_image(
     k: params.KParam = None,
     offset: params.OffsetParam = 0,
     filter: params.FilterParam = [],  # noqa: B006
-) -> dict[str, Any]:
+) -> ImageSearchReply:
     """Query by an image that is not stored: the stored images most like it, best first.
 
     The upload is validated like `POST /images/upload` (same limits, same errors; the byte limit is enforced
@@ -182,10 +198,10 @@ async def search_image(
     status_code=204,
     dependencies=[WRITE],
     response_class=Response,
+    operation_id="delete_image",
     responses={
         204: {"description": "deleted everywhere"},
-        404: {"description": "unknown image, or already deleted"},
-        503: _R503,
+        **error_responses((404, "unknown image, or already deleted"), _R503),
     },
 )
 async def delete_image(image_id: str, svc: Svc) -> Response:

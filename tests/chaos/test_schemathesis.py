@@ -6,7 +6,7 @@ documents, a documented content type, and a body that matches the documented sch
 ``{image_id}`` get a second pass on a real, indexed image, so the 200/409 paths and the index queries behind
 ``k``/``offset``/``filter``/``threshold`` are fuzzed too, not only the 404 of a random id.
 
-Bounded for ``make test`` (derandomized, ``max_examples`` per operation and mode, no shrinking, a per-example
+``GET /events`` (a stream that stays open) is left out. Bounded for ``make test`` (derandomized, ``max_examples`` per operation and mode, no shrinking, a per-example
 deadline); ``MESH_CHAOS_FULL=1`` runs many more examples.
 """
 
@@ -76,7 +76,7 @@ def documented_content_type(ctx: Any, response: Any, case: Any) -> bool | None:
 
 def error_body(ctx: Any, response: Any, case: Any) -> bool | None:
     """Every 4xx is the contract's ``{"error": {"code": str, "message": str}}`` (DESIGN.md section 3), whatever
-    the schema says (it documents no error body yet)."""
+    the schema says (gateway/replies.py documents it as ErrorBody on every error status)."""
     if response.status_code < 400:
         return None
     try:
@@ -161,9 +161,16 @@ def fuzz_operation(
     return outcome
 
 
+# Streams that stay open as long as the client does (server-sent events): a generated request would hold until
+# its timeout, which says nothing about the schema. Tested by the web page's tests instead.
+STREAMING = frozenset({"/events"})
+
+
 def operations(schema: Any) -> Iterator[Any]:
     for result in schema.get_all_operations():
-        yield result.ok()
+        op = result.ok()
+        if op.path not in STREAMING:
+            yield op
 
 
 def fuzz_schema(

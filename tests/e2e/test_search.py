@@ -98,7 +98,8 @@ def redis_keys(settings: Settings, pattern: str) -> list[str]:
 
 
 def footprint(settings: Settings) -> dict[str, int]:
-    """What a stored image leaves behind: Redis keys, records, vectors and S3 objects."""
+    """What a stored image leaves behind: Redis keys, records, vectors and S3 objects. The copy checker's keys
+    (its queue and verdicts) are left out: it works in the background on the images earlier tests stored."""
     p = settings.redis_prefix
     s3 = s3_client(settings)
     objects = sum(
@@ -106,8 +107,9 @@ def footprint(settings: Settings) -> dict[str, int]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket)
     )
     with redis.Redis.from_url(settings.redis_server_url) as r:
+        checker = sum(1 for _ in r.scan_iter(match=f"{p}:copies:*", count=1000)) + r.exists(f"{p}:copyq")
         return {
-            "redis_keys": int(r.dbsize()),
+            "redis_keys": int(r.dbsize()) - int(checker),
             "records": sum(
                 1 for k in r.scan_iter(match=f"{p}:image:*", count=1000) if not k.endswith(b":history")
             ),
@@ -399,8 +401,8 @@ async def test_copies_are_told_apart_from_look_alikes(client: httpx.AsyncClient)
     original = next(i for i, (g, v, _) in zip(ids, images, strict=True) if (g, v) == ("coffee", "original"))
     body = (await client.get(f"/images/{original}/duplicates")).json()
     assert body["checked"] and {h["tier"] for h in body["results"]} == {"copy"}
-    found = [h["image_id"] for h in body["results"]]
-    assert set(found) <= {i for i in ids if group_of[i] == "coffee"} and len(found) >= 3
+    found = set(h["image_id"] for h in body["results"]) & set(ids)  # earlier tests stored coffee copies too
+    assert found <= {i for i in ids if group_of[i] == "coffee"} and len(found) >= 3
     assert [h["score"] for h in body["results"]] == sorted(
         (h["score"] for h in body["results"]), reverse=True
     )

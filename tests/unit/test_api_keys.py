@@ -20,6 +20,7 @@ from gateway.errors import install_error_handlers
 
 # routes anyone may call (probes, the page); the production profile moves the admin ones off the public port
 OPEN = {"/health", "/ready", "/status", "/metrics"}
+OPEN_OPERATIONS = {("DELETE", "/session")}  # ending a browser session (clearing its cookie) needs no key
 WRITE_ROUTES = {("POST", "/images/upload"), ("POST", "/encode"), ("DELETE", "/images/{image_id}")}
 ADMIN_ROUTES = {("POST", "/models/switch")}
 
@@ -163,11 +164,12 @@ async def test_every_gateway_route_but_the_open_ones_needs_a_key_with_its_scope(
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         for method, path in calls:
             url = path.replace("{image_id}", "0" * 32)
-            status = {
-                key: (await c.request(method, url, headers={"X-API-Key": key} if key else {})).status_code
-                for key in ("", "r", "w", "a")
-            }
-            if path in OPEN:
+            status = {}
+            for key in ("", "r", "w", "a"):
+                r = await c.request(method, url, headers={"X-API-Key": key} if key else {})
+                status[key] = r.status_code
+                c.cookies.clear()  # POST /session sets one: the next request must show its own key, or none
+            if path in OPEN or (method, path) in OPEN_OPERATIONS:
                 assert set(status.values()) == {status[""]} and status[""] not in (401, 403), (path, status)
                 continue
             need = "a" if (method, path) in ADMIN_ROUTES else "w" if (method, path) in WRITE_ROUTES else "r"
