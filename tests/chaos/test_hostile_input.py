@@ -49,6 +49,10 @@ CONCURRENCY = 4
 BIG_UPLOADS = 8  # concurrent 49 MP uploads (issue 12: under 600 MB with the default decode budget)
 MAX_GATEWAY_BIG_RSS_MB = 600
 KEY_PATTERN = re.compile(r"images/[0-9a-f]{2}/[0-9a-f]{32}")
+# what the pipeline derives from an image: its thumbnail(s) and copy features, named by its id only
+DERIVED_KEY_PATTERN = re.compile(
+    r"derived/(thumbs/(256|1024)/[0-9a-f]{2}/[0-9a-f]{32}\.webp|copies/[0-9a-f]{2}/[0-9a-f]{32}\.orb)"
+)
 REAL_TYPES = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -230,9 +234,13 @@ async def test_odd_valid_images_and_hostile_names_are_done_with_their_real_type(
         seen = (rec["status"], rec["content_type"], (rec["width"], rec["height"]))
         if seen != ("done", real_type, case.expect_size):
             problems.append(f"{case.name}: {seen} (error {rec.get('error')})")
-        # ids and hashes are hex, which can spell a fragment ("caf") by chance: only the other fields count
-        hexes = {"metadata", "image_id", "sha256", "trace_id"}
+        # ids and hashes are hex, which can spell a fragment ("caf") by chance: only the other fields count;
+        # the file name is the one field that shows the name (cleaned, never part of a key: checked below)
+        hexes = {"metadata", "image_id", "sha256", "trace_id", "thumbnail_url", "filename"}
         values = json.dumps([v for k, v in rec.items() if k not in hexes], ensure_ascii=False)
+        shown = rec["filename"]  # the last path part, printable, bounded (gateway/upload.py clean_filename)
+        if not shown.isprintable() or "/" in shown or "\\" in shown or len(shown) > 255:
+            problems.append(f"{case.name}: file name shown as {shown!r}")
         leaked = [f for f in NAME_FRAGMENTS if f in values]
         if leaked:
             problems.append(f"{case.name}: record carries name fragments {leaked}")
@@ -250,8 +258,11 @@ async def test_odd_valid_images_and_hostile_names_are_done_with_their_real_type(
             assert r.headers["content-type"] == REAL_TYPES[str(case.expect_format)], (case.name, r.headers)
 
     keys = await asyncio.to_thread(s3_keys, chaos_settings)
-    bad_keys = [k for k in keys if not KEY_PATTERN.fullmatch(k) or k[7:9] != k[10:12]]
-    # a key is "images/<hex>/<hex>" (bad_keys): a fragment made of hex letters ("caf") can appear in it by chance
+    originals = [k for k in keys if not k.startswith("derived/")]
+    bad_keys = [k for k in originals if not KEY_PATTERN.fullmatch(k) or k[7:9] != k[10:12]]
+    bad_keys += [k for k in keys if k.startswith("derived/") and not DERIVED_KEY_PATTERN.fullmatch(k)]
+    # a key is "images/<hex>/<hex>" or a derived one named by the id (bad_keys): a fragment made of hex letters
+    # ("caf") can appear in it by chance
     spelled = [f for f in NAME_FRAGMENTS if not re.fullmatch("[0-9a-f]+", f)]
     leaked_keys = [k for k in keys if k == KEY_LOOKALIKE or any(f in k for f in spelled)]
     ours = {f"images/{i[:2]}/{i}" for i in ids.values()}
