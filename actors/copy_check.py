@@ -2,7 +2,8 @@
 
 Out of the ingest path and never in a request's: an image that reaches ``done`` is queued (the coordinators
 subscribe to ``images.events.done`` as one queue group; the reconciler queues any done image whose check is
-missing or older than ``COPY_CHECK_VERSION``), and the checkers take the queue oldest first. For one image:
+missing or older than ``COPY_CHECK_VERSION``), and the checkers claim the queue oldest first (a claim is a
+lease: the image of a checker that dies is claimed again once it ends, so a kill loses nothing). For one image:
 its candidates are the images at least ``near_duplicate_threshold`` similar in the active model's index (a
 range query, at most ``MAX_CANDIDATES``), each candidate not compared with it before is verified by
 ``actors.copies.verify`` (local features and a geometric check; the features were stored by the pipeline from
@@ -129,14 +130,18 @@ class CopyChecker:
         except MeshError as e:
             log.warning("copy_check.queue_unavailable", error=str(e))
             return False
-        for image_id, queued_at in taken:
+        for image_id, _ in taken:
             try:
                 await self.check(image_id)
-            except MeshError as e:  # back in the queue at its place: checked again once Redis, S3... answer
+            except MeshError as e:  # it stays claimed: taken again when its lease ends (Redis, S3... back)
                 log.warning("copy_check.failed", image_id=image_id, error=str(e))
-                with contextlib.suppress(MeshError):
-                    await self.pairs.enqueue([image_id], at=queued_at)
                 return False
+            except (
+                Exception
+            ):  # broad on purpose: a bug on one image must not stop the checker, nor retry forever
+                log.exception("copy_check.crashed", image_id=image_id)  # the reconciler queues it again later
+            with contextlib.suppress(MeshError):
+                await self.pairs.finish(image_id)
         return bool(taken)
 
     async def check(self, image_id: str) -> dict[str, bool] | None:

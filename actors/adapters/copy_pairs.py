@@ -4,7 +4,9 @@ duplicates routes read them).
 Keys (``P`` is ``settings.redis_prefix``):
   ``P:copies:<id>``  hash: every image the checker compared with ``<id>`` -> ``1`` (a copy) or ``0`` (looked
                      alike, shares no region); written both ways, so a pair is verified once
-  ``P:copyq``        sorted set: images waiting for their check, scored by when they were queued (the lag)
+  ``P:copyq``        sorted set: images waiting for their check, scored by when they were queued (the lag);
+                     a checker's claim moves its image's score past a lease, so an image whose checker died is
+                     taken again once the lease ends (nothing is lost to a kill), and ``finish`` removes it
 """
 
 from __future__ import annotations
@@ -16,6 +18,19 @@ import redis.asyncio as aioredis
 
 from actors.adapters.redis_errors import redis_errors
 
+LEASE_S = 30.0  # a claimed image is hidden this long; a checker finishes one in milliseconds to seconds
+
+# Claim up to ARGV[3] images whose score is due (<= now): each is hidden until now + lease (atomic: two checkers
+# never claim the same image). Returns [member, score, ...] with the scores they were queued at.
+_CLAIM = """
+local now, lease, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, n)
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], now + lease, due[i])
+end
+return due
+"""
+
 
 class CopyPairs:
     """The pair verdicts and the queue, over the caller's Redis client (its ACL user must have the keys)."""
@@ -24,6 +39,7 @@ class CopyPairs:
         self._r = client
         self.prefix = prefix
         self.queue_key = f"{prefix}:copyq"
+        self._claim = client.register_script(_CLAIM)
 
     def _key(self, image_id: str) -> str:
         return f"{self.prefix}:copies:{image_id}"
@@ -39,23 +55,25 @@ class CopyPairs:
             added = await self._r.zadd(self.queue_key, dict.fromkeys(ids, when), nx=True)
         return int(added or 0)
 
-    async def take(self, n: int) -> list[tuple[str, float]]:
-        """Up to ``n`` queued images, oldest first, removed from the queue (a checker that dies with them
-        leaves them to the reconciler's ``done_without_copy_check``)."""
+    async def take(self, n: int, lease_s: float = LEASE_S) -> list[tuple[str, float]]:
+        """Claim up to ``n`` due images, oldest first, with the time each was queued. Each stays in the queue,
+        hidden for ``lease_s``: ``finish`` removes it; a checker that dies leaves it to the next claim."""
         with redis_errors("copy queue"):
-            popped = await self._r.zpopmin(self.queue_key, n)
-        out = []
-        for item in popped:  # (member, score) pairs (RESP2) or [member, score] lists (RESP3)
-            member, score = item[0], item[1]
-            out.append((_text(str(member) if isinstance(member, int) else member), float(score)))
-        return out
+            due = await self._claim(keys=[self.queue_key], args=[time.time(), lease_s, n])
+        return [(_text(due[i]), float(due[i + 1])) for i in range(0, len(due), 2)]
+
+    async def finish(self, image_id: str) -> None:
+        """The image's check is done (or needs none): out of the queue."""
+        with redis_errors("copy queue"):
+            await self._r.zrem(self.queue_key, image_id)
 
     async def backlog(self) -> tuple[int, float | None]:
-        """How many images wait, and since when the oldest has (None: none waits)."""
+        """How many images wait (claimed ones included), and since when the oldest due one has waited (None:
+        none is due)."""
         with redis_errors("copy queue"):
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.zcard(self.queue_key)
-                pipe.zrange(self.queue_key, 0, 0, withscores=True)
+                pipe.zrangebyscore(self.queue_key, "-inf", time.time(), start=0, num=1, withscores=True)
                 count, oldest = await pipe.execute()
         return int(count), (float(oldest[0][1]) if oldest else None)
 

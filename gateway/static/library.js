@@ -128,7 +128,8 @@ export async function loadLibrary(reset = false) {
     ? `${n} image${n === 1 ? "" : "s"}${narrowed}${grid.done ? "" : " so far: scroll for more"}`
     : `No images${narrowed} yet: drop some on the left, or run \`mesh demo\`.`;
   $("library-grid").dataset.complete = String(grid.done);
-  if (!grid.done && sentinelVisible) loadLibrary(); // the page is not full yet
+  // the page is not full yet (asked of the layout now: the observer's last answer may predate this page)
+  if (!grid.done && $("library-sentinel").getBoundingClientRect().top < window.innerHeight) loadLibrary();
 }
 
 // A new upload: shown first in the grid as soon as it is recorded (when no filter hides it).

@@ -64,7 +64,7 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
             *_BASE,
             *_SCRIPTS,
             *_cmds(
-                "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan zrem zcard zrange"
+                "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan zrem zcard zrangebyscore"
             ),
             *records,
             f"~{p}:copyq",
@@ -83,7 +83,7 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
             *_cmds(
                 "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan pexpire pttl"
             ),
-            *_cmds("zadd zpopmin zrange zcard zrem"),  # the copy checker's queue
+            *_cmds("zadd zrangebyscore zcard zrem"),  # the copy checker's queue (its claim script too)
             *records,
             f"~{p}:copyq",
             f"~{p}:switch:*",

@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 import redis
+import redis.asyncio as aioredis
 
 from actors import contract
 from actors.adapters.vector_index.names import ID_FIELD
@@ -351,6 +352,7 @@ async def assert_nothing_left(settings: Settings, grace_s: float = AUDIT_GRACE_S
     """
     async with ops_connection(settings, "chaos-audit") as nc:
         await wait_consumer_idle(nc, settings.stream, settings.consumer, timeout_s=120)
+        await wait_copy_checks(settings)  # the background copy checks of the images done last are work too
         reply = await _reconcile(nc, grace_s)
         report = await report_for(settings, nc, grace_s)
     repaired = {k: n for k, n in reply.repairs.items() if n}
@@ -366,6 +368,19 @@ async def assert_nothing_left(settings: Settings, grace_s: float = AUDIT_GRACE_S
         f"(e.g. {report.examples}; all counts: repairs {reply.repairs}, anomalies {report.anomalies})"
     )
     return figures
+
+
+async def wait_copy_checks(settings: Settings, timeout_s: float = 120) -> None:
+    """Until the copy checker's queue is empty (``actors/copy_check.py``): every done image verified."""
+    r = aioredis.Redis.from_url(settings.redis_server_url)
+    try:
+
+        async def drained() -> bool:
+            return int(await r.zcard(f"{settings.redis_prefix}:copyq")) == 0
+
+        await wait_until("the copy checks of the done images", drained, timeout_s=timeout_s, every_s=0.2)
+    finally:
+        await r.aclose()
 
 
 async def _reconcile(nc: Any, grace_s: float, timeout_s: float = 120) -> ReconcileReply:

@@ -72,9 +72,13 @@ async def upload_all(
 
 
 def objects_since(settings: Settings, since: datetime) -> dict[str, tuple[str, datetime]]:
-    """image id -> (object key, last modified), for every object written at or after ``since`` (to the second)."""
+    """image id -> (object key, last modified), for every original written at or after ``since`` (to the second);
+    the objects derived from them (thumbnails, copy features) are the pipeline's, not an upload's."""
     out: dict[str, tuple[str, datetime]] = {}
-    for page in s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket):
+    pages = (
+        s3(settings).get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix="images/")
+    )
+    for page in pages:
         for obj in page.get("Contents", []):
             if obj["LastModified"] >= since.replace(microsecond=0):
                 out[obj["Key"].rsplit("/", 1)[-1]] = (obj["Key"], obj["LastModified"])

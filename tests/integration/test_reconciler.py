@@ -30,6 +30,7 @@ from actors.adapters.upload_intents import IntentTable
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import ImageRecord, MeshConfig, ReconcileRequest, Status
+from actors.copies import COPY_CHECK_VERSION
 from actors.errors import PermanentError
 from actors.reconcile_repairs import Repairer
 from actors.reconcile_scan import Inspector, StreamJobs
@@ -118,6 +119,10 @@ class World:
 
     def record(self, status: Status, at: float, **fields: Any) -> ImageRecord:
         image_id = uuid.uuid4().hex
+        # as this version leaves a done image: thumbnail and copy features made, look-alikes verified
+        fields.setdefault("thumbnail_key", f"derived/thumbs/256/{image_id[:2]}/{image_id}.webp")
+        fields.setdefault("copy_features_key", f"derived/copies/{image_id[:2]}/{image_id}.orb")
+        fields.setdefault("copy_check", COPY_CHECK_VERSION)
         return ImageRecord(
             image_id=image_id,
             status=status,
@@ -207,6 +212,9 @@ async def test_a_full_pass_finds_where_each_job_is_and_repairs_what_is_wrong(wor
         "stuck": 1,
         "orphan_object": 3,
         "done_without_vector": 1,
+        "done_without_labels": 0,  # this version's records: labelled where a classifier could,
+        "done_without_derived": 0,  # with thumbnail and copy features,
+        "done_without_copy_check": 0,  # and verified
         "vector_without_record": 1,
         "stale_intent": 1,
     }, reply
