@@ -295,6 +295,7 @@ async def main(settings: Settings) -> None:
             index=IndexClient(proc.nc),
             config=config,
             decode_budget=DecodeBudget(settings.decode_budget_bytes),  # every decode of every job in flight
+            copy_queue=copy_pairs,  # a done image is queued for the copy checker
         )
         release_freed_memory_promptly()  # so that the process's RSS follows the decode budget
         stack.callback(pipeline.close)
@@ -345,6 +346,6 @@ async def main(settings: Settings) -> None:
             tg.create_task(coordinator.run(stop), name="coordinator")
             tg.create_task(switcher.run(stop), name="model-switch")  # actors/model_switch.py
             tg.create_task(reconciler.run(stop), name="reconciler")  # actors/reconciler.py
-            tg.create_task(checker.run(stop, proc.nc), name="copy-check")  # actors/copy_check.py
+            tg.create_task(checker.run(stop), name="copy-check")  # actors/copy_check.py
             await proc.stopped()
             stop.set()

@@ -1,8 +1,9 @@
 """The copy checker: a background step of every coordinator that verifies which look-alikes are copies.
 
-Out of the ingest path and never in a request's: an image that reaches ``done`` is queued (the coordinators
-subscribe to ``images.events.done`` as one queue group; the reconciler queues any done image whose check is
-missing or older than ``COPY_CHECK_VERSION``), and the checkers claim the queue oldest first (a claim is a
+Out of the ingest path and never in a request's: an image that reaches ``done`` is queued by the pipeline (one
+Redis write, before its job is acked; a redelivered job of a done image queues it again; the reconciler queues
+any done image whose check is missing or older than ``COPY_CHECK_VERSION``), and the checkers claim the queue
+oldest first (a claim is a
 lease: the image of a checker that dies is claimed again once it ends, so a kill loses nothing). For one image:
 its candidates are the images at least ``near_duplicate_threshold`` similar in the active model's index (a
 range query, at most ``MAX_CANDIDATES``), each candidate not compared with it before is verified by
@@ -25,14 +26,12 @@ from typing import Protocol
 
 import numpy as np
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
-from actors import contract, copies
+from actors import copies
 from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.object_store import ObjectMissing, copy_features_key
-from actors.contract import Hit, ImageEvent, ImageRecord, Status
+from actors.contract import Hit, ImageRecord, Status
 from actors.errors import MeshError
 from actors.pipeline_io import ConfigSource
 
@@ -41,7 +40,6 @@ log = structlog.get_logger("copy_check")
 MAX_CANDIDATES = 20  # per image: the nearest look-alikes above the cut (copies of one photo rarely exceed it)
 BATCH = 8  # images taken from the queue at once
 IDLE_S = 1.0  # how long an idle checker waits before it looks at the queue again
-QUEUE_GROUP = "copy-check"
 
 LAG = Gauge("mesh_copy_check_lag_seconds", "How long the oldest image waiting for its copy check has waited")
 QUEUED = Gauge("mesh_copy_check_queue", "Images waiting for their copy check")
@@ -95,30 +93,13 @@ class CopyChecker:
         self.pairs, self.records, self.neighbors = pairs, records, neighbors
         self.objects, self.config = objects, config
 
-    async def run(self, stop: asyncio.Event, nc: Client | None = None) -> None:
-        """Check queued images until ``stop``; with ``nc``, queue every image that reaches ``done``."""
-        sub = None
-        if nc is not None:
-            sub = await nc.subscribe(contract.event_subject(Status.DONE), queue=QUEUE_GROUP, cb=self._on_done)
-        try:
-            while not stop.is_set():
-                worked = await self._step()
-                if not worked:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=IDLE_S)
-        finally:
-            if sub is not None:
-                with contextlib.suppress(
-                    Exception
-                ):  # broad on purpose: shutting down, a lost unsubscribe is moot
-                    await sub.unsubscribe()
-
-    async def _on_done(self, msg: Msg) -> None:
-        try:
-            event = contract.decode(msg.data, ImageEvent)
-            await self.pairs.enqueue([event.image_id])
-        except Exception as e:  # broad on purpose: a lost enqueue is the reconciler's to repair
-            log.warning("copy_check.enqueue_failed", error=str(e))
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check queued images until ``stop``."""
+        while not stop.is_set():
+            worked = await self._step()
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=IDLE_S)
 
     async def _step(self) -> bool:
         """One batch; False when the queue was empty (or Redis away)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,6 +59,12 @@ class ConfigSource(Protocol):
     async def get(self) -> MeshConfig: ...
 
 
+class CopyQueue(Protocol):
+    """The copy checker's queue (``actors.adapters.copy_pairs.CopyPairs``)."""
+
+    async def enqueue(self, image_ids: Iterable[str], at: float | None = None) -> int: ...
+
+
 class ContentMismatch(PermanentError):
     code = "sha256_mismatch"
 
@@ -100,8 +106,10 @@ class PipelineIO:
         config: ConfigSource,
         cpu_workers: int | None = None,
         decode_budget: DecodeBudget | None = None,
+        copy_queue: CopyQueue | None = None,
     ) -> None:
         self.store = store
+        self.copy_queue = copy_queue  # None: no copy checker behind this pipeline (tests)
         self.recorder = Recorder(store, events)
         self.objects = objects
         self.embedder = embedder
@@ -168,6 +176,11 @@ class PipelineIO:
         async with stage("index"):
             await self.index.upsert(model, job.image_id, vector, tags, trace_id=job.trace_id, labels=labels)
         await beat()
+
+    async def _queue_copy_check(self, image_id: str) -> None:
+        """Queue a done image for the copy checker (``actors/copy_check.py``); already queued: nothing."""
+        if self.copy_queue is not None:
+            await self.copy_queue.enqueue([image_id])
 
     async def _transition(self, job: ProcessJob, status: Status, **fields: Any) -> None:
         await self.recorder.transition(job.image_id, status, trace_id=job.trace_id, **fields)

@@ -26,6 +26,7 @@ import structlog
 from prometheus_client import Counter
 
 from actors.contract import ErrorInfo, ImageRecord, MeshConfig, ProcessJob, Status
+from actors.copies import COPY_CHECK_VERSION
 from actors.errors import PermanentError
 from actors.imaging import STAGE_SECONDS, UndecodableImage, stage
 from actors.pipeline_io import (
@@ -67,6 +68,8 @@ class Pipeline(PipelineIO):
         if is_reembed(job, rec):
             return await self._reembed(job, rec, beat)
         if rec.status == Status.DONE and rec.attempt >= job.attempt:
+            if rec.copy_check != COPY_CHECK_VERSION:  # a crash between done and the queue: queued now
+                await self._queue_copy_check(job.image_id)
             return _skipped(job, "already done")
         cfg = await self.config.get()
         # during a model switch a new image lands in both indexes: the one serving and the one being built
@@ -82,6 +85,7 @@ class Pipeline(PipelineIO):
         dim = await self._index_new_image(job, rec, cfg, models, pixels, tags, beat)
         await self._transition(job, Status.INDEXED, model=models[0], **keys)
         await self._transition(job, Status.DONE, error=None)
+        await self._queue_copy_check(job.image_id)  # its look-alikes are verified in the background
 
         elapsed = time.perf_counter() - started
         STAGE_SECONDS.labels("total").observe(elapsed)

@@ -74,8 +74,6 @@ class ImageRecordView(TypedDict):
         list[LabelScore] | None,
         Field(description="most probable first; null: never labelled; []: none reached the cut"),
     ]
-    copy_features_key: str
-    copy_check: Annotated[str, Field(description="the copy checker's version that verified it; '' not yet")]
     filename: str
     trace_id: str
     history: Annotated[

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from PIL import Image
 from actors.adapters.embedder import EmbedderError
 from actors.adapters.object_store import copy_features_key, thumbnail_key
 from actors.contract import MeshConfig, ProcessJob, Status
+from actors.copies import COPY_CHECK_VERSION
 from actors.errors import PermanentError
 from actors.preprocess import THUMBNAIL_SIDE
 from actors.workflow import ContentMismatch
@@ -173,3 +175,26 @@ async def test_a_step_that_rejects_the_image_stops_it_before_embedding(world: Wo
         await world.pipeline.process(job)
     assert raised.value.code == "moderation"
     assert not world.embedder.calls and not world.nats.upserts
+
+
+async def test_a_done_image_is_queued_for_the_copy_checker_and_again_after_a_lost_queueing(
+    world: World,
+) -> None:
+    queued: list[str] = []
+
+    class Queue:
+        async def enqueue(self, image_ids: Iterable[str], at: float | None = None) -> int:
+            queued.extend(image_ids)
+            return 1
+
+    world.pipeline.copy_queue = Queue()
+    job = world.add_image()
+    assert await world.pipeline.process(job) == "done"
+    assert queued == [job.image_id]
+    # the job delivered again (a crash after done, before the queue or the ack): queued again, not redone
+    assert await world.pipeline.process(job) == "skipped"
+    assert queued == [job.image_id, job.image_id]
+    world.store.records[job.image_id] = msgspec.structs.replace(
+        world.store.records[job.image_id], copy_check=COPY_CHECK_VERSION
+    )
+    assert await world.pipeline.process(job) == "skipped" and len(queued) == 2  # checked: nothing to queue
