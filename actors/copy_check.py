@@ -111,19 +111,25 @@ class CopyChecker:
         except MeshError as e:
             log.warning("copy_check.queue_unavailable", error=str(e))
             return False
-        for image_id, _ in taken:
-            try:
-                await self.check(image_id)
-            except MeshError as e:  # it stays claimed: taken again when its lease ends (Redis, S3... back)
-                log.warning("copy_check.failed", image_id=image_id, error=str(e))
-                return False
-            except (
-                Exception
-            ):  # broad on purpose: a bug on one image must not stop the checker, nor retry forever
-                log.exception("copy_check.crashed", image_id=image_id)  # the reconciler queues it again later
-            with contextlib.suppress(MeshError):
-                await self.pairs.finish(image_id)
+        # the batch's images at once: their features come from S3 and their verification runs on threads
+        results = await asyncio.gather(*(self._check_one(image_id) for image_id, _ in taken))
+        if not all(results):
+            return False
         return bool(taken)
+
+    async def _check_one(self, image_id: str) -> bool:
+        """Check one claimed image and release it; False when a dependency failed (it stays claimed: taken again
+        when its lease ends, once Redis, S3... answer)."""
+        try:
+            await self.check(image_id)
+        except MeshError as e:
+            log.warning("copy_check.failed", image_id=image_id, error=str(e))
+            return False
+        except Exception:  # broad on purpose: a bug on one image must not stop the checker, nor retry forever
+            log.exception("copy_check.crashed", image_id=image_id)  # the reconciler queues it again later
+        with contextlib.suppress(MeshError):
+            await self.pairs.finish(image_id)
+        return True
 
     async def check(self, image_id: str) -> dict[str, bool] | None:
         """Verify the image's candidates not compared with it yet; the new verdicts (None: nothing to check:

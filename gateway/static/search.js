@@ -8,6 +8,9 @@ let seq = 0; // a slow answer for an older query must not overwrite a newer one
 
 function begin(heading, { queryId = null, text = null } = {}) {
   const section = $("results");
+  for (const id of ["library", "duplicates"]) $(id).hidden = true; // a search shows its results, wherever from
+  section.hidden = false;
+  document.body.dataset.view = "results";
   section.setAttribute("aria-busy", "true");
   $("results-heading").textContent = heading;
   $("query").hidden = !queryId;

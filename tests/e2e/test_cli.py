@@ -94,7 +94,7 @@ async def test_demo_then_search_by_image_duplicates_and_delete(
         return code == 0 and json.loads(out)["checked"]
 
     await wait_until(
-        "the copy checker verified the cat's look-alikes", cat_checked, timeout_s=60, every_s=0.5
+        "the copy checker verified the cat's look-alikes", cat_checked, timeout_s=300, every_s=1.0
     )
     code, out, err = await mesh_cli("duplicates", cat, "--url", base_url, "--json")
     hits = json.loads(out)["results"]

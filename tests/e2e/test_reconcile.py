@@ -32,6 +32,7 @@ from actors.adapters.workflow_store import WorkflowStore
 from actors.contract import DeadLetter, ImageRecord, Status
 from actors.settings import Settings
 from ops.stack.supervisor import settings_env
+from tests.chaos.audit import wait_copy_checks
 from tests.helpers import s3_client, upload_id, wait_status, wait_until
 from tests.images import distinct_jpegs, jpeg, photo
 
@@ -203,7 +204,9 @@ async def test_mesh_check_counts_each_planted_anomaly_and_mesh_reconcile_repairs
         for kind in REPAIRED:
             assert metric_after.get(kind, 0) >= metric_before.get(kind, 0) + 1, (kind, metric_after)
 
-        # what the reconciler cannot repair stays reported; once it is gone, mesh check exits 0
+        # what the reconciler cannot repair stays reported; once it is gone, mesh check exits 0 (after the
+        # background copy checks of the images done by the repairs, which the check would count too)
+        await wait_copy_checks(settings, timeout_s=300)
         code, found = await check(settings)
         assert code == 1 and found["duplicate_done"] == planted["duplicate_done"], found
         assert await redis.lrem(f"{p}:image:{done_id}:history", -1, json.dumps(last_done)) == 1  # the copy
@@ -311,6 +314,7 @@ async def test_images_indexed_before_labels_and_thumbnails_get_them_from_the_rec
         assert repairs == ["done_without_labels"]
         # the re-embed job's note, under the reconciler's cause
         assert [h["step"] for h in history_by(rec, "reconcile") if h.get("step") == "labels"] == ["labels"]
+        await wait_copy_checks(settings, timeout_s=300)
         other = (await client.get(f"/images/{other_id}")).json()
         assert [h["repair"] for h in history_by(other, "reconcile") if "repair" in h] == [
             "done_without_derived"
