@@ -8,7 +8,6 @@ left over (``additional_properties`` empty) and nothing lost (``to_dict()`` is t
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import subprocess
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.corpus import jpeg
+from tests.helpers import wait_until
 
 PACKAGE = "generated_mesh_client"
 CONFIG = f"""\
@@ -108,15 +108,15 @@ async def test_generated_client_uploads_reads_searches_and_deletes(generated: An
             ids.append(accepted.image_id)
         first, second = ids
 
-        deadline = time.monotonic() + 180
         for image_id in ids:
-            while True:
+
+            async def settled(image_id: str = image_id) -> bool:
                 r = await api("images.get_image").asyncio_detailed(image_id, client=client)
-                record = parsed(r, 200, "ImageRecordView")
-                if record.status.value in ("done", "error"):
-                    break
-                assert time.monotonic() < deadline, record.to_dict()
-                await asyncio.sleep(0.5)
+                return parsed(r, 200, "ImageRecordView").status.value in ("done", "error")
+
+            await wait_until(f"{image_id} done or error", settled, timeout_s=180, every_s=0.2)
+            r = await api("images.get_image").asyncio_detailed(image_id, client=client)
+            record = parsed(r, 200, "ImageRecordView")
             assert record.status.value == "done", record.to_dict()
             assert record.filename.startswith("gen-") and record.model and record.embedding is types.UNSET
 

@@ -292,10 +292,14 @@ async def test_images_indexed_before_labels_and_thumbnails_get_them_from_the_rec
         mine = {"q": next(iter(labels)), "filter": f"run:{run}"}
         assert (await client.get("/search", params=mine)).json()["results"] == []
         assert (await client.get(f"/images/{image_id}")).json()["labels"] is None
-        await asyncio.sleep(float(GRACE) + 0.1)  # past the grace the check and the repair leave alone
+        found: dict[str, int] = {}
 
-        code, found = await check(settings)
-        assert code == 1 and found["done_without_labels"] >= 1 and found["done_without_derived"] >= 1, found
+        async def counted() -> bool:  # once past the grace, which the check and the repair leave alone
+            nonlocal found
+            code, found = await check(settings)
+            return code == 1 and found["done_without_labels"] >= 1 and found["done_without_derived"] >= 1
+
+        await wait_until("mesh check counts the planted images", counted, timeout_s=30, every_s=0.5)
         code, reply = await mesh_cli(settings, "reconcile", "--grace", GRACE)
         assert code == 0 and reply["repairs"]["done_without_labels"] >= 1, reply
         assert reply["repairs"]["done_without_derived"] >= 1, reply

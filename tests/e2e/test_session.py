@@ -7,7 +7,6 @@ The keyed gateway is a second ``python -m gateway`` on this folder's stack (the 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from ops.stack.services import ROOT
 from ops.stack.supervisor import settings_env
 from tests.conftest import free_port
 from tests.corpus import jpeg
+from tests.helpers import wait_until
 
 KEYS = "viewer:read,ingest:write"
 
@@ -66,10 +66,13 @@ async def uploaded_with_thumbnail(url: str) -> str:
         r = await c.post("/images/upload", files={"file": ("s.jpg", jpeg(14061, (80, 60)), "image/jpeg")})
         assert r.status_code in (200, 202), r.text
         image_id = str(r.json()["image_id"])
-        deadline = time.monotonic() + 180
-        while (rec := (await c.get(f"/images/{image_id}")).json())["thumbnail_url"] is None:
-            assert rec["status"] != "error" and time.monotonic() < deadline, rec
-            await asyncio.sleep(0.5)
+
+        async def has_thumbnail() -> bool:
+            rec = (await c.get(f"/images/{image_id}")).json()
+            assert rec["status"] != "error", rec
+            return rec["thumbnail_url"] is not None
+
+        await wait_until("the pipeline made the thumbnail", has_thumbnail, timeout_s=180, every_s=0.2)
     return image_id
 
 
