@@ -106,16 +106,17 @@ def footprint(settings: Settings) -> dict[str, int]:
         page.get("KeyCount", 0)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket)
     )
+    checker = (f"{p}:copies:", f"{p}:copyq")
     with redis.Redis.from_url(settings.redis_server_url) as r:
-        checker = sum(1 for _ in r.scan_iter(match=f"{p}:copies:*", count=1000)) + r.exists(f"{p}:copyq")
-        return {
-            "redis_keys": int(r.dbsize()) - int(checker),
-            "records": sum(
-                1 for k in r.scan_iter(match=f"{p}:image:*", count=1000) if not k.endswith(b":history")
-            ),
-            "vectors": sum(1 for _ in r.scan_iter(match=f"{p}:vec:*", count=1000)),
-            "objects": objects,
-        }
+        # one scan, the checker's keys dropped by name: counting them apart from a dbsize() raced its writes
+        keys = [k.decode() for k in r.scan_iter(count=1000)]
+    mine = [k for k in keys if not k.startswith(checker)]
+    return {
+        "redis_keys": len(mine),
+        "records": sum(1 for k in mine if k.startswith(f"{p}:image:") and not k.endswith(":history")),
+        "vectors": sum(1 for k in mine if k.startswith(f"{p}:vec:")),
+        "objects": objects,
+    }
 
 
 def text_embedder(settings: Settings) -> Any:
