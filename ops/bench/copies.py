@@ -34,7 +34,8 @@ from PIL import Image
 
 from actors import copies
 from actors.contract import MeshConfig
-from ops.bench.copy_pairs import Pair, Size, pairs, reduced_names, split
+from ops.bench.copy_pairs import COUNTS, Pair, Size, pairs, reduced_names, split
+from ops.bench.copy_synthetic import synthetic_pairs
 from ops.bench.stats import percentile
 
 # --- measuring -------------------------------------------------------------------------------------------
@@ -267,6 +268,7 @@ def mistakes(scored: Sequence[Scored], decide: Decide, limit: int = 25) -> list[
             "coverage": round(s.verdict.coverage, 3),
             "inlier_ratio": round(s.verdict.inlier_ratio, 3),
             "mirrored": s.verdict.mirrored,
+            "agreement": None if s.verdict.agreement is None else round(s.verdict.agreement, 3),
             "cosine": round(s.cosine, 4),
         }
         for s in wrong[:limit]
@@ -327,7 +329,9 @@ def run(size: Size = "full", seed: int = 0) -> dict[str, Any]:
         names = {k: reduced_names(v) for k, v in names.items()}
     embedder = Embedder()
     evaluation = measure(pairs(names["evaluation"], size, seed), embedder)
-    tuning = measure(pairs(names["tuning"], size, seed), None)
+    # new pairs of the same evaluation photos (other crops, edits, parts): never looked at while tuning
+    fresh = measure(pairs(names["evaluation"], size, seed + 1), embedder)
+    tuning = measure(tuning_pairs(names["tuning"], size, seed), None)
     return {
         "size": size,
         "seed": seed,
@@ -337,9 +341,13 @@ def run(size: Size = "full", seed: int = 0) -> dict[str, Any]:
             "max_keypoints": copies.MAX_KEYPOINTS,
             "fast_threshold": copies.FAST_THRESHOLD,
             "max_scale": copies.MAX_SCALE,
+            "pixel_side": copies.PIXEL_SIDE,
+            "block": copies.BLOCK,
+            "block_ncc": copies.BLOCK_NCC,
             **asdict(copies.DEFAULT),
         },
         "evaluation": split_figures(evaluation, with_cosine=True),
+        "fresh_pairs": {"pairs_seed": seed + 1, **split_figures(fresh, with_cosine=True)},
         "tuning": split_figures(tuning, with_cosine=False),
         "timing_ms": {
             "features_per_image": _ms(evaluation.features_ms + tuning.features_ms),
@@ -354,6 +362,13 @@ def run(size: Size = "full", seed: int = 0) -> dict[str, Any]:
 
 
 # --- tuning ----------------------------------------------------------------------------------------------
+
+
+def tuning_pairs(names: Sequence[str], size: Size, seed: int) -> Iterator[Pair]:
+    """The tuning split's pairs of sample photos, then its synthetic hard cases (``copy_synthetic``)."""
+    yield from pairs(names, size, seed)
+    yield from synthetic_pairs(names, COUNTS[size], seed)
+
 
 RATIOS = (0.7, 0.75, 0.8, 0.85)
 RANSAC_PXS = (3.0, 5.0, 8.0)
@@ -409,6 +424,41 @@ def tune(seed: int = 0, size: Size = "full") -> dict[str, Any]:
     }
 
 
+MIN_AGREEMENTS = tuple(round(0.8 + 0.01 * i, 2) for i in range(20))
+
+
+def tune_agreement(seed: int = 0, size: Size = "full") -> dict[str, Any]:
+    """Sweep the pixel check's threshold on the tuning split and its synthetic cases, the keypoint thresholds
+    as shipped (:func:`tune` chose them on the photos' pairs, before the pixel check existed).
+
+    The plateau: thresholds with at most one mistake more than the best; the chosen one is its median.
+    """
+    names = split(seed).tuning
+    if size == "reduced":
+        names = reduced_names(names)
+    scratch = Measured()
+    featured = featurize(tuning_pairs(names, size, seed), None, scratch)
+    truth = [p.copy for p in featured]
+    measured = score(featured, None, scratch, replace(copies.DEFAULT, min_agreement=0.0))
+    grid = []
+    for a in MIN_AGREEMENTS:
+        t = replace(copies.DEFAULT, min_agreement=a)
+        grid.append((a, confusion(truth, [copies.decide(s.verdict, t) for s in measured])))
+    fewest = min(_errors(c) for _, c in grid)
+    plateau = [a for a, c in grid if _errors(c) <= fewest + 1]
+    chosen = plateau[(len(plateau) - 1) // 2]
+    return {
+        "sources": list(names),
+        "pairs": len(featured),
+        "by_kind": dict(sorted(Counter(p.kind for p in featured).items())),
+        "grid": {str(a): c for a, c in grid},
+        "fewest_mistakes": fewest,
+        "plateau": plateau,
+        "chosen": chosen,
+        "shipped": copies.MIN_AGREEMENT,
+    }
+
+
 def _errors(c: dict[str, float | int]) -> int:
     return int(c["fp"]) + int(c["fn"])
 
@@ -434,10 +484,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ops.bench.copies", description=__doc__.split("\n")[0])
     ap.add_argument("--reduced", action="store_true", help="a few sources, every kind of pair (CI)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tune", action="store_true", help="sweep the thresholds on the tuning split")
+    ap.add_argument("--tune", action="store_true", help="sweep the keypoint thresholds on the tuning split")
+    ap.add_argument(
+        "--tune-agreement", action="store_true", help="sweep the pixel check's threshold on the tuning split"
+    )
     args = ap.parse_args(argv)
     size: Size = "reduced" if args.reduced else "full"
-    result = tune(args.seed, size) if args.tune else run(size, args.seed)
+    if args.tune_agreement:
+        result = tune_agreement(args.seed, size)
+    else:
+        result = tune(args.seed, size) if args.tune else run(size, args.seed)
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

@@ -170,6 +170,13 @@ def _copies(d: dict[str, Any]) -> list[str]:
         "tier: precision >= 0.95, recall >= 0.9. The cosine alone at its best threshold is chosen on the "
         f"evaluation set itself ({e['cosine_thresholds']['best_f1_on_this_set']}), which flatters it.",
         "",
+        "The pixel check (`actors/copies.py` step 4, orb-2) came after the first evaluation of the keypoint check "
+        "alone (orb-1: copy tier precision 0.948, recall 0.951; its false positives were the stereo pair's views "
+        "and parts of the brick and grass textures). Its threshold was chosen on the tuning split plus synthetic "
+        "cases of those kinds made from tuning photos only (`ops/bench/copy_synthetic.py`, `python -m "
+        "ops.bench.copies --tune-agreement`); no evaluation pair was used to choose it, but which kinds of case "
+        "to synthesize was learnt from the evaluation's mistakes.",
+        "",
         "| tier | precision | recall | false positives | missed copies |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -182,6 +189,17 @@ def _copies(d: dict[str, Any]) -> list[str]:
     for key, label in names.items():
         t = e["tiers"][key]["all"]
         lines.append(f"| {label} | {t['precision']:.3f} | {t['recall']:.3f} | {t['fp']} | {t['fn']} |")
+    fresh = c.get("fresh_pairs")
+    if fresh:
+        f = fresh["tiers"]["copy_tier"]["all"]
+        v = fresh["tiers"]["verify"]["all"]
+        lines += [
+            "",
+            f"Fresh pairs of the same evaluation photos (pair seed {fresh['pairs_seed']}: other crops, edits and "
+            f"parts, never looked at while tuning): copy tier precision {f['precision']:.3f}, recall "
+            f"{f['recall']:.3f} ({f['fp']} false positives, {f['fn']} missed); verification alone precision "
+            f"{v['precision']:.3f}, recall {v['recall']:.3f}.",
+        ]
     lines += [
         "",
         "| pair kind | pairs | copy tier says copy | cosine at the cut says copy |",

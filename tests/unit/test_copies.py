@@ -8,6 +8,7 @@ look. Photos are scikit-image's (``tests/images.py``).
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -117,9 +118,12 @@ def test_a_blank_image_is_a_copy_of_nothing() -> None:
 def test_features_round_trip_through_bytes(astronaut: Image.Image) -> None:
     original = features(astronaut)
     data = original.to_bytes()
-    assert len(data) <= 30_000  # cached in Redis per image: a few tens of kilobytes at most
+    # stored per image in the object store: 2 x 400 keypoints x 36 bytes + a 128 px frame, 45.2 KB at most
+    assert len(data) <= 45_216
     restored = Features.from_bytes(data)
     assert (restored.width, restored.height) == (original.width, original.height)
+    assert restored.pixels is not None and original.pixels is not None
+    assert np.array_equal(restored.pixels, original.pixels) and max(restored.pixels.shape) == 128
     for mine, theirs in ((original.plain, restored.plain), (original.mirrored, restored.mirrored)):
         assert np.array_equal(mine.descriptors, theirs.descriptors)
         assert np.allclose(mine.points, theirs.points, atol=0.25)  # float16 positions
@@ -128,8 +132,35 @@ def test_features_round_trip_through_bytes(astronaut: Image.Image) -> None:
     assert Features.from_bytes(features(Image.new("RGB", (10, 10))).to_bytes()).plain.points.shape == (0, 2)
 
 
+def test_features_stored_before_the_pixel_check_still_decide_on_their_keypoints(
+    astronaut: Image.Image,
+) -> None:
+    """orb-1 features (no small frame) read back, and a pair with one is judged by its keypoints alone."""
+    current = features(astronaut)
+    old = Features.from_bytes(replace(current, pixels=None).to_bytes())
+    assert old.pixels is None and old.to_bytes()[:4] == b"CPF1"
+    crop = features(_jpeg(_crop(astronaut, 0.1, 0.1, 0.9, 0.9), 80))
+    verdict = verify(old, crop)
+    assert verdict.is_copy and verdict.agreement is None
+    assert verify(current, crop).agreement == pytest.approx(1.0, abs=0.05)
+
+
+def test_two_views_of_one_scene_are_not_a_copy_and_the_pixels_say_so() -> None:
+    """The stereo motorcycle: its background and its foreground move differently between the views. The
+    keypoints find one transform for most of the scene; the pixels under it disagree where parallax moved."""
+    import skimage.data
+
+    left, right = (Image.fromarray(v).convert("RGB") for v in skimage.data.stereo_motorcycle()[:2])
+    verdict = _check(left, right)
+    assert not verdict.is_copy, verdict
+    assert verdict.inliers >= 50 and verdict.coverage > 0.8  # keypoints alone would have called it a copy
+    assert verdict.agreement is not None and verdict.agreement < 0.9
+    again = _check(left, _jpeg(left.resize((left.width // 2, left.height // 2)), 75))
+    assert again.is_copy and again.agreement is not None and again.agreement > 0.95
+
+
 def test_bytes_that_are_no_features_are_refused(astronaut: Image.Image) -> None:
     data = features(astronaut).to_bytes()
-    for bad in (b"", b"CPF1", b"XXXX" + data[4:], data[:-1]):
+    for bad in (b"", b"CPF1", b"CPF2", b"XXXX" + data[4:], data[:-1], data + b"\0"):
         with pytest.raises(ValueError, match="copy features"):
             Features.from_bytes(bad)

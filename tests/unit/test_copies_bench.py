@@ -41,9 +41,27 @@ def test_every_kind_of_pair_is_made_and_the_splits_share_no_photo(figures: dict[
     assert pairs["copies"] == sum(n for k, n in kinds.items() if k in COPY_KINDS)
     assert pairs["hard_negatives"] == sum(n for k, n in kinds.items() if k in HARD_KINDS)
     assert pairs["easy_negatives"] == kinds["different"]
-    assert set(figures["tuning"]["pairs"]["by_kind"]) == COPY_KINDS | (HARD_KINDS - {"same_scene"}) | {
-        "different"
+    # the tuning split: its photos' pairs and the synthetic hard cases made from them (views of one scene,
+    # brick walls, cloned textures, with copies of each)
+    assert set(figures["tuning"]["pairs"]["by_kind"]) == COPY_KINDS | HARD_KINDS | {
+        "different",
+        "copy_synthetic",
     }
+    fresh = figures["fresh_pairs"]
+    assert fresh["pairs_seed"] == figures["seed"] + 1 and fresh["pairs"]["copies"] == pairs["copies"]
+
+
+def test_the_synthetic_tuning_cases_come_from_tuning_photos_only() -> None:
+    from ops.bench.copy_pairs import COUNTS, split
+    from ops.bench.copy_synthetic import synthetic_pairs
+
+    parts = split(0)
+    made = list(synthetic_pairs(parts.tuning[:2], COUNTS["reduced"], 0))
+    assert {p.source for p in made} <= set(parts.tuning[:2])
+    assert {p.kind for p in made} == {"texture_parts", "same_scene", "copy_synthetic"}
+    assert all(p.copy == (p.kind == "copy_synthetic") for p in made)
+    views = [p for p in made if p.kind == "same_scene"]
+    assert views and all(p.a.size != (0, 0) and p.a.tobytes() != p.b.tobytes() for p in views)
 
 
 @pytest.mark.timeout(120)
