@@ -110,6 +110,7 @@ RULES: dict[str, Rule] = {
     "label_max_count": _int_range(0, 100),  # 0: no labels kept
     "reconcile_period_s": _period,
     "reconcile_grace_s": _grace,
+    "max_backlog": _int_range(0, 1 << 40),  # 0: no limit
 }
 
 

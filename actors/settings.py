@@ -6,6 +6,7 @@ listener on 127.0.0.1 and development credentials. ``MESH_PROFILE=production`` r
 
 from __future__ import annotations
 
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -55,6 +56,17 @@ def with_credentials(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+PACKAGE = "image-mesh"  # the distribution's name in pyproject.toml
+
+
+def package_version() -> str:
+    """The installed release (``mesh --version``, ``GET /status``): pyproject.toml's ``version``."""
+    try:
+        return importlib_metadata.version(PACKAGE)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 class Settings(BaseSettings):
@@ -147,6 +159,10 @@ class Settings(BaseSettings):
     # production: /status, /metrics, /docs and /openapi.json answer only here, not on gateway_port
     gateway_admin_port: int = Field(8081, ge=1, le=65535)
     content_presigned: bool = False  # GET /images/{id}/content redirects to a pre-signed URL
+    # admission (gateway/admission.py): JetStream's store limit, as nats.conf's max_file_store (0: the NATS
+    # account's own limit, if it has one), and the share of it at which uploads are refused with 507
+    jetstream_max_bytes: int = Field(10 * 1024**3, ge=0)
+    storage_refuse_at: float = Field(0.95, gt=0, le=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -36,6 +36,7 @@ from actors.errors import MeshError
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from gateway import duplicates, health, images, library, live, metrics, models, search, session, web
+from gateway.admission import Admission
 from gateway.auth import ApiKeys
 from gateway.deps import Services
 from gateway.errors import install_error_handlers
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 events=Events(nc),
                 intents=intents,
                 jobs=JobQueue(nc.jetstream()),
+                admission=Admission(nc.jetstream(), settings),
                 decode_budget=DecodeBudget(settings.decode_budget_bytes),
                 records=RecordIndex(listing, settings.redis_prefix),
                 copies=CopyPairs(listing, settings.redis_prefix),

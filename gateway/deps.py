@@ -27,6 +27,7 @@ from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.decode_budget import DecodeBudget
 from actors.settings import Settings
+from gateway.admission import Admission
 from gateway.auth import ApiKeys
 from gateway.errors import ApiError
 from gateway.intents import UploadIntents
@@ -50,6 +51,7 @@ class Services:
     events: Events
     intents: UploadIntents
     jobs: JobQueue  # durable ProcessJobs on JetStream (new uploads, healing a pending record)
+    admission: Admission  # refuses uploads the mesh cannot take (backlog, JetStream's store)
     decode_budget: DecodeBudget  # bytes of decoded pixels held at once (gateway/intake.py)
     records: RecordIndex  # the library's listing (GET /images)
     copies: CopyPairs  # the copy checker's verdicts (GET /duplicates, /images/{id}/duplicates)

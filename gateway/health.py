@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors import contract
 from actors.errors import MeshError
+from actors.settings import package_version
 from gateway.deps import Services, services
 from gateway.errors import error_responses
 from gateway.replies import Health, MeshStatus, Readiness
@@ -87,11 +88,13 @@ async def status(request: Request) -> MeshStatus:
     problems = await _problems(svc)
     cfg = await svc.config.get()
     body: MeshStatus = {
+        "version": package_version(),
         "servers": {name: problems.get(name, "ok") for name in ("nats", "redis", "s3")},
         "services": await _micro_services(svc),
         "active_model": cfg.active_model,
         "triton": {},
         "index": {},
+        "resources": {},
     }
     try:
         body["triton"] = {
@@ -106,12 +109,17 @@ async def status(request: Request) -> MeshStatus:
         body["index"] = {**_builtins(stats), "state": state}
     except MeshError as e:
         body["index"] = {"state": "unavailable", "error": e.message}
+    try:
+        body["resources"] = {k: _builtins(u) for k, u in (await svc.admission.usage(cfg)).items()}
+    except MeshError as e:
+        body["resources"] = {"error": e.message}
     for name in (contract.CONFIG_SERVICE, contract.INDEXER_SERVICE, contract.COORDINATOR_SERVICE):
         body["services"].setdefault(name, 0)
     return body
 
 
 def _builtins(x: Any) -> dict[str, Any]:
+    """A msgspec struct or a dataclass as plain JSON values."""
     import msgspec
 
     out: dict[str, Any] = msgspec.to_builtins(x)
@@ -119,5 +127,10 @@ def _builtins(x: Any) -> dict[str, Any]:
 
 
 @admin_router.get("/metrics", response_class=PlainTextResponse, operation_id="metrics")
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    """Prometheus text; the admission gauges (``mesh_resource_used``, ``mesh_resource_limit``) are read fresh."""
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is not None:
+        with contextlib.suppress(MeshError):  # NATS away: the gauges keep their last values
+            await svc.admission.usage(await svc.config.get())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

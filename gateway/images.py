@@ -30,7 +30,17 @@ router = APIRouter(
     responses={  # the route answers its JSONResponse itself (202 or 200): typed here, not checked again
         202: {"model": UploadAccepted, "description": "a new image, queued for processing"},
         200: {"model": UploadAccepted, "description": "identical bytes already uploaded (`duplicate: true`)"},
-        **error_responses(400, 413, 415, (422, "malformed `metadata` (`invalid_metadata`)"), 503),
+        **error_responses(
+            400,
+            413,
+            415,
+            (422, "malformed `metadata` (`invalid_metadata`)"),
+            (503, "a dependency is down, or the backlog is full (`backlog_full`): retry after Retry-After"),
+            (
+                507,
+                "a store is nearly full (`insufficient_storage`, the message names it): nothing was stored",
+            ),
+        ),
     },
 )
 async def upload(
@@ -47,6 +57,7 @@ async def upload(
     # the raw bytes, kept by gateway.forms.UploadGuard: Starlette would decode non-UTF-8 as Latin-1 silently
     meta = parse_metadata(getattr(request.state, "raw_metadata", None) or metadata)
     info = await validate(svc, data, cfg)
+    await svc.admission.check(cfg)  # 503 / 507 before anything is stored
     accepted = await accept_upload(
         data=data,
         info=info,

@@ -252,10 +252,13 @@ class Readiness(TypedDict):
 
 
 class MeshStatus(TypedDict):
-    """`GET /status`: each server, each actor service's instances, the active index and Triton's models."""
+    """`GET /status`: the release, each server, each actor service's instances, the active index, Triton's
+    models, and each refusable resource (`used`, `limit` where uploads are refused, 0: none, `unit`)."""
 
+    version: str
     servers: dict[str, str]
     services: dict[str, int]
     active_model: str
     triton: dict[str, str]
     index: dict[str, Any]
+    resources: dict[str, Any]

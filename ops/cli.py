@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from actors.settings import package_version
 
 if TYPE_CHECKING:
     from ops import ingest as ingest_module
@@ -59,7 +60,6 @@ EXIT_CODES = (
     f"{EXIT_NOT_FOUND} not found,\n{EXIT_UNAVAILABLE} unavailable, {EXIT_UNAUTHORIZED} unauthorized, "
     f"{EXIT_CONFLICT} not indexed yet"
 )
-PACKAGE = "image-mesh"
 
 err = Console(stderr=True, soft_wrap=True)  # messages are never cut into lines: they are grepped
 
@@ -792,14 +792,6 @@ async def _connect_ops(settings: Any, name: str, connect: Any) -> Any:
 
 
 # --- parser -----------------------------------------------------------------------------------------------
-def package_version() -> str:
-    """The installed package's version (``mesh --version``)."""
-    try:
-        return importlib_metadata.version(PACKAGE)
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown (not installed: pip install -e .)"
-
-
 def common_options(*, http: bool = True, nested: bool = False) -> argparse.ArgumentParser:
     """The options every command takes: ``--json`` and, for HTTP commands, ``--url``/``--api-key``.
 

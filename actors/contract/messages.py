@@ -81,6 +81,8 @@ class MeshConfig(Struct, kw_only=True):
     label_max_count: int = 5
     reconcile_period_s: float = 60.0  # the reconciler's period (a bounded batch each); 0: off
     reconcile_grace_s: float = 600.0  # what is younger than this is never repaired (work in flight)
+    # jobs waiting for the coordinators at which uploads are refused with 503 (gateway/admission.py); 0: none
+    max_backlog: int = 50_000
 
 
 class ConfigGet(Struct, kw_only=True):

@@ -254,11 +254,13 @@ def bodies() -> list[tuple[Any, Any]]:
         (
             replies.MeshStatus,
             {
+                "version": "0.2.0",
                 "servers": {"nats": "ok", "redis": "ok", "s3": "ok", "triton": "down"},
                 "services": {"indexer": 1},
                 "active_model": "m",
                 "triton": {"error": "x"},
                 "index": {"model": "m", "num_docs": 3, "percent_indexed": 1.0, "state": "ready"},
+                "resources": {"backlog": {"used": 0, "limit": 50_000, "unit": "jobs"}},
             },
         ),
     ]

@@ -1,0 +1,152 @@
+"""Clean refusals (``gateway/admission.py``): an upload the mesh cannot take is answered 503 or 507 before
+anything is stored, and uploads resume by themselves once there is room again.
+
+A private stack without coordinator or Triton (NATS, Redis, the S3 store, the config actor, the gateway), so the
+backlog only moves when the test says: the test plays the coordinators, draining their durable consumer by hand.
+Its JetStream store limit is tiny (``jetstream_max_bytes``), so a few dozen uploads fill it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from actors.adapters.config_client import ConfigClient
+from actors.settings import Settings
+from actors.streams import coordinator_consumer
+from ops.stack.supervisor import Stack
+from tests.helpers import ops_connection, running_stack, s3_client, wait_until
+from tests.images import distinct_jpegs
+
+STORE_LIMIT = 64 * 1024  # JetStream bytes: the config bucket and a few dozen jobs and events
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        Path(tmp_path_factory.mktemp("admission")),
+        only=("nats", "redis", "s3", "config", "gateway"),
+        export_models=False,
+        timeout_s=120,
+        jetstream_max_bytes=STORE_LIMIT,
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def gateway(bare: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    s = bare.settings
+    async with httpx.AsyncClient(base_url=f"http://{s.host}:{s.gateway_port}", timeout=30) as c:
+        yield c
+
+
+def stored(s: Settings) -> dict[str, int]:
+    """What uploads leave behind: S3 objects and Redis image records."""
+    listing = s3_client(s).list_objects_v2(Bucket=s.s3_bucket)
+    with redis.Redis.from_url(s.redis_server_url) as r:
+        records = sum(
+            1 for k in r.scan_iter(match=f"{s.redis_prefix}:image:*") if not k.endswith(b":history")
+        )
+    return {"objects": int(listing.get("KeyCount", 0)), "records": records}
+
+
+async def resources(gateway: httpx.AsyncClient) -> dict[str, Any]:
+    r = await gateway.get("/status")
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()["resources"]
+    return found
+
+
+def upload(data: bytes) -> dict[str, Any]:
+    return {"files": {"file": ("a.jpg", data, "image/jpeg")}}
+
+
+async def test_a_full_backlog_is_refused_with_503_and_uploads_resume_as_the_coordinators_drain_it(
+    bare: Stack, gateway: httpx.AsyncClient
+) -> None:
+    s = bare.settings
+    images = iter(distinct_jpegs(6, seed=401))
+    async with ops_connection(s) as nc:
+        config = ConfigClient(nc)
+        await config.set("max_backlog", 2)
+        try:
+            await wait_until(
+                "the gateway follows max_backlog",
+                lambda: _limit_is(gateway, "backlog", 2),
+            )
+            for _ in range(2):
+                assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 202
+            before = stored(s)
+            refused = await gateway.post("/images/upload", **upload(next(images)))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "backlog_full"
+            assert "2 jobs" in refused.json()["error"]["message"]
+            assert int(refused.headers["Retry-After"]) > 0
+            assert stored(s) == before  # refused before anything was stored
+            assert (await resources(gateway))["backlog"] == {"used": 2, "limit": 2, "unit": "jobs"}
+            status = (await gateway.get("/status")).json()
+            assert status["version"] == importlib.metadata.version("image-mesh")
+            metrics = (await gateway.get("/metrics")).text
+            assert 'mesh_resource_used{resource="backlog"} 2.0' in metrics
+            assert 'mesh_resource_limit{resource="backlog"} 2.0' in metrics
+
+            # the coordinators take one job and finish it: room again, and the same client is accepted
+            js = nc.jetstream()
+            await js.add_consumer(s.stream, coordinator_consumer(s, 5, 30.0))
+            sub = await js.pull_subscribe_bind(s.consumer, s.stream)
+            (job,) = await sub.fetch(1, timeout=5)
+            await job.ack_sync()
+            again = await gateway.post("/images/upload", **upload(next(images)))
+            assert again.status_code == 202, again.text
+            assert stored(s)["records"] == before["records"] + 1
+        finally:
+            await config.set("max_backlog", 0)
+
+
+async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_returns(
+    bare: Stack, gateway: httpx.AsyncClient
+) -> None:
+    s = bare.settings
+    images = iter(distinct_jpegs(200, size=(64, 48), seed=402))
+    limit = int(STORE_LIMIT * s.storage_refuse_at)
+    assert (await resources(gateway))["jetstream"]["limit"] == limit
+    accepted = 0
+    for data in images:
+        r = await gateway.post("/images/upload", **upload(data))
+        if r.status_code != 202:
+            break
+        accepted += 1
+    else:
+        pytest.fail(f"{accepted} uploads fit in a {STORE_LIMIT}-byte job store")
+    assert r.status_code == 507, r.text
+    assert r.json()["error"]["code"] == "insufficient_storage"
+    assert r.json()["error"]["message"].startswith("jetstream:")
+    assert accepted > 0  # it filled up with this test's uploads, not before
+    before = stored(s)
+    assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 507
+    assert stored(s) == before  # refused before anything was stored
+    store = (await resources(gateway))["jetstream"]
+    assert store["used"] >= store["limit"] == limit
+
+    # an operator makes room (the events stream's history is expendable): uploads resume, no restart
+    async with ops_connection(s) as nc:
+        await nc.jetstream().purge_stream(s.events_stream)
+    await wait_until(
+        "room in the job store", lambda: _below_limit(gateway, "jetstream"), timeout_s=30, every_s=0.2
+    )
+    assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 202
+
+
+async def _limit_is(gateway: httpx.AsyncClient, name: str, limit: int) -> bool:
+    return bool((await resources(gateway))[name]["limit"] == limit)
+
+
+async def _below_limit(gateway: httpx.AsyncClient, name: str) -> bool:
+    found = (await resources(gateway))[name]
+    return bool(found["used"] < found["limit"])
