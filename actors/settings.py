@@ -160,8 +160,10 @@ class Settings(BaseSettings):
     gateway_admin_port: int = Field(8081, ge=1, le=65535)
     content_presigned: bool = False  # GET /images/{id}/content redirects to a pre-signed URL
     # admission (gateway/admission.py): JetStream's store limit, as nats.conf's max_file_store (0: the NATS
-    # account's own limit, if it has one), and the share of it at which uploads are refused with 507
+    # account's own limit, if it has one), and the share of a store's limit at which uploads get 507
     jetstream_max_bytes: int = Field(10 * 1024**3, ge=0)
+    # Redis's memory limit for the same check (0: Redis's own maxmemory, if set)
+    redis_max_bytes: int = Field(0, ge=0)
     storage_refuse_at: float = Field(0.95, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 """Admission: an upload the mesh cannot take is refused before anything is stored, and says why.
 
-Two checks run before an upload touches the object store, Redis or JetStream (``gateway/images.py``):
+Three checks run before an upload touches the object store, Redis or JetStream (``gateway/images.py``):
 
 * the backlog: jobs waiting in the work stream for the coordinators (their consumer's pending plus delivered
   and not yet acknowledged) at or over the Config DB's ``max_backlog`` -> ``503 backlog_full`` with
@@ -8,8 +8,12 @@ Two checks run before an upload touches the object store, Redis or JetStream (``
 * JetStream's store: the account's stored bytes at or over ``storage_refuse_at`` of its limit (the setting
   ``jetstream_max_bytes``, else the server's own account limit) -> ``507 insufficient_storage`` naming
   ``jetstream``: every accepted upload is a durable job there, so a full store would lose them.
+* Redis's memory: ``used_memory`` at or over ``storage_refuse_at`` of its limit (the setting
+  ``redis_max_bytes``, else the server's own ``maxmemory``) -> ``507 insufficient_storage`` naming ``redis``:
+  the records, their history and the vectors live there, and a Redis at ``maxmemory`` refuses writes.
 
-Each is one NATS request (consumer info, account info), the two asked at once on every upload. The
+Each is one request (consumer info and account info on NATS, ``INFO memory`` on Redis), the three asked at
+once on every upload. The
 limits are exact for one gateway; several gateways each check the same numbers, so a burst can pass a limit
 by what they accept between two checks. ``usage`` is what ``/status`` shows and the gauges export.
 """
@@ -19,10 +23,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
+from actors.adapters.redis_errors import redis_errors
 from actors.contract import MeshConfig
 from actors.errors import RetryableError
 from actors.settings import Settings
@@ -50,10 +56,13 @@ class Usage:
 
 
 class Admission:
-    """The checks of the module docstring, over the gateway's JetStream context."""
+    """The checks of the module docstring, over the gateway's JetStream context and a Redis client (its ACL
+    user needs ``INFO``)."""
 
-    def __init__(self, js: JetStreamContext, settings: Settings) -> None:
+    def __init__(self, js: JetStreamContext, redis: aioredis.Redis, settings: Settings) -> None:
         self._js = js
+        self._redis = redis
+        self._redis_max_bytes = settings.redis_max_bytes
         self._stream = settings.stream
         self._consumer = settings.consumer
         self._max_bytes = settings.jetstream_max_bytes
@@ -76,13 +85,22 @@ class Admission:
         limit = self._max_bytes or max(0, int(info.limits.max_storage or 0))
         return Usage(int(info.storage), int(limit * self._refuse_at), "bytes")
 
+    async def redis_memory(self) -> Usage:
+        """Redis's ``used_memory``, refused at ``storage_refuse_at`` of the limit."""
+        with redis_errors("memory usage"):
+            info = await self._redis.info("memory")
+        limit = self._redis_max_bytes or int(info.get("maxmemory", 0))
+        return Usage(int(info["used_memory"]), int(limit * self._refuse_at), "bytes")
+
     async def usage(self, cfg: MeshConfig) -> dict[str, Usage]:
-        """Every resource, for ``/status`` and the gauges (raises ``RetryableError`` when NATS fails)."""
+        """Every resource, for ``/status`` and the gauges (``RetryableError`` when NATS or Redis fails)."""
         try:
-            backlog, store = await asyncio.gather(self.backlog(cfg), self.jetstream())
+            backlog, store, memory = await asyncio.gather(
+                self.backlog(cfg), self.jetstream(), self.redis_memory()
+            )
         except (TimeoutError, OSError, NotFoundError) as e:
             raise RetryableError(f"JetStream did not answer: {e}") from e
-        found = {"backlog": backlog, "jetstream": store}
+        found = {"backlog": backlog, "jetstream": store, "redis": memory}
         for name, u in found.items():
             RESOURCE_USED.labels(name).set(u.used)
             RESOURCE_LIMIT.labels(name).set(u.limit)
@@ -91,14 +109,15 @@ class Admission:
     async def check(self, cfg: MeshConfig) -> None:
         """Refuse (``ApiError`` 503 or 507) when the mesh cannot take an upload now; nothing is stored yet."""
         found = await self.usage(cfg)
-        store = found["jetstream"]
-        if store.full:
-            raise ApiError(
-                507,
-                "insufficient_storage",
-                f"jetstream: the job store holds {store.used} bytes, over its limit of {store.limit}; "
-                "uploads resume when an operator makes room",
-            )
+        for name, what in (("jetstream", "the job store"), ("redis", "the record and vector store")):
+            store = found[name]
+            if store.full:
+                raise ApiError(
+                    507,
+                    "insufficient_storage",
+                    f"{name}: {what} holds {store.used} bytes, at its limit of {store.limit}; "
+                    "uploads resume when an operator makes room",
+                )
         backlog = found["backlog"]
         if backlog.full:
             raise ApiError(

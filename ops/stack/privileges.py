@@ -66,6 +66,7 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
             *_cmds(
                 "get set exists del hget hgetall hmget hset hdel hkeys hscan lrange rpush scan zrem zcard zrangebyscore"
             ),
+            "+info",  # INFO memory: uploads are refused before Redis is full (gateway/admission.py)
             *records,
             f"~{p}:copyq",
             f"~{p}:upload_intents",

@@ -3,7 +3,8 @@ anything is stored, and uploads resume by themselves once there is room again.
 
 A private stack without coordinator or Triton (NATS, Redis, the S3 store, the config actor, the gateway), so the
 backlog only moves when the test says: the test plays the coordinators, draining their durable consumer by hand.
-Its JetStream store limit is tiny (``jetstream_max_bytes``), so a few dozen uploads fill it.
+Its JetStream store limit is tiny (``jetstream_max_bytes``), so some dozens of uploads fill it; Redis's limit is
+its own ``maxmemory``, which the test sets a little above what Redis holds (an operator's ``CONFIG SET``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ops.stack.supervisor import Stack
 from tests.helpers import ops_connection, running_stack, s3_client, wait_until
 from tests.images import distinct_jpegs
 
-STORE_LIMIT = 64 * 1024  # JetStream bytes: the config bucket and a few dozen jobs and events
+STORE_LIMIT = 192 * 1024  # JetStream bytes: the config bucket and some dozens of jobs and events
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,39 @@ async def test_a_full_backlog_is_refused_with_503_and_uploads_resume_as_the_coor
             await config.set("max_backlog", 0)
 
 
+async def test_redis_near_its_maxmemory_is_refused_with_507_naming_it_until_room_returns(
+    bare: Stack, gateway: httpx.AsyncClient
+) -> None:
+    s = bare.settings
+    images = iter(distinct_jpegs(200, size=(64, 48), seed=403))
+    with redis.Redis.from_url(s.redis_server_url) as r:
+        used = int(r.info("memory")["used_memory"])
+        maxmemory = int((used + 64 * 1024) / s.storage_refuse_at)  # refused about 64 KB from now
+        r.config_set("maxmemory", maxmemory)
+        try:
+            await wait_until("the gateway sees maxmemory", lambda: _limit_is_set(gateway, "redis"))
+            accepted = 0
+            for data in images:
+                refused = await gateway.post("/images/upload", **upload(data))
+                if refused.status_code != 202:
+                    break
+                accepted += 1
+            else:
+                pytest.fail(f"{accepted} uploads fit in 64 KB of Redis")
+            assert refused.status_code == 507, refused.text
+            assert refused.json()["error"]["message"].startswith("redis:"), refused.text
+            assert accepted > 0
+            before = stored(s)
+            assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 507
+            assert stored(s) == before
+            memory = (await resources(gateway))["redis"]
+            assert memory["used"] >= memory["limit"] == int(maxmemory * s.storage_refuse_at)
+        finally:
+            r.config_set("maxmemory", 0)  # an operator gives Redis room: uploads resume, no restart
+    await wait_until("room in Redis", lambda: _below_limit(gateway, "redis"), timeout_s=30, every_s=0.2)
+    assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 202
+
+
 async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_returns(
     bare: Stack, gateway: httpx.AsyncClient
 ) -> None:
@@ -149,4 +183,8 @@ async def _limit_is(gateway: httpx.AsyncClient, name: str, limit: int) -> bool:
 
 async def _below_limit(gateway: httpx.AsyncClient, name: str) -> bool:
     found = (await resources(gateway))[name]
-    return bool(found["used"] < found["limit"])
+    return bool(found["limit"] == 0 or found["used"] < found["limit"])
+
+
+async def _limit_is_set(gateway: httpx.AsyncClient, name: str) -> bool:
+    return bool((await resources(gateway))[name]["limit"] > 0)

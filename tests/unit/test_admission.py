@@ -42,8 +42,19 @@ class FakeJetStream:
         return SimpleNamespace(storage=self.stored, limits=SimpleNamespace(max_storage=self.account_limit))
 
 
-def admission(js: FakeJetStream, **settings: Any) -> Admission:
-    return Admission(js, Settings(**settings))  # type: ignore[arg-type]
+class FakeRedis:
+    """``INFO memory`` as Redis answers it (the fields the check reads)."""
+
+    def __init__(self, used: int = 1000, maxmemory: int = 0) -> None:
+        self.used, self.maxmemory = used, maxmemory
+
+    async def info(self, section: str) -> dict[str, int]:
+        assert section == "memory"
+        return {"used_memory": self.used, "maxmemory": self.maxmemory}
+
+
+def admission(js: FakeJetStream, redis: FakeRedis | None = None, **settings: Any) -> Admission:
+    return Admission(js, redis or FakeRedis(), Settings(**settings))  # type: ignore[arg-type]
 
 
 async def test_the_backlog_is_waiting_plus_delivered_unacknowledged_jobs() -> None:
@@ -82,3 +93,14 @@ async def test_without_a_setting_the_accounts_own_limit_counts_and_none_means_no
     assert (capped.limit, capped.full) == (1900, False)
     free = await admission(FakeJetStream(pending=0, stored=10**12), jetstream_max_bytes=0).jetstream()
     assert (free.limit, free.full) == (0, False)
+
+
+async def test_redis_near_its_maxmemory_is_507_naming_redis() -> None:
+    js = FakeJetStream(pending=0)
+    with pytest.raises(ApiError) as refused:
+        await admission(js, FakeRedis(used=960, maxmemory=1000)).check(MeshConfig())
+    assert refused.value.status == 507 and refused.value.message.startswith("redis:")
+    await admission(js, FakeRedis(used=940, maxmemory=1000)).check(MeshConfig())  # under 95%
+    await admission(js, FakeRedis(used=10**9, maxmemory=0)).check(MeshConfig())  # no limit anywhere
+    setting = admission(js, FakeRedis(used=960, maxmemory=0), redis_max_bytes=1000)
+    assert (await setting.redis_memory()).full

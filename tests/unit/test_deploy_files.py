@@ -410,3 +410,24 @@ def test_app_environment_passes_the_production_settings_check(
     assert s.nats_server_url == "nats://nats:4222"
     user = "ops" if name == "bootstrap" else name
     assert s.nats_password(user) == f"mesh_nats_password_{user}-secret"
+
+
+def test_alert_rules_warn_before_each_admission_refusal() -> None:
+    """gateway/admission.py refuses uploads per resource; an alert for each fires at 80% of its limit."""
+    from gateway.admission import RESOURCE_LIMIT, RESOURCE_USED
+
+    rules = {
+        r["alert"]: r
+        for g in load_yaml(MONITORING / "alerts.yml")["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    names = (RESOURCE_USED._name, RESOURCE_LIMIT._name)
+    for alert, resource in (
+        ("MeshBacklogNearLimit", "backlog"),
+        ("MeshJetStreamStoreNearLimit", "jetstream"),
+        ("MeshRedisMemoryNearLimit", "redis"),
+    ):
+        expr = rules[alert]["expr"]
+        assert all(f'{n}{{resource="{resource}"}}' in expr for n in names), alert
+        assert "> 0.8" in expr, alert
