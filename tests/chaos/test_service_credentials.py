@@ -115,6 +115,7 @@ def test_gateway_reads_the_index_but_writes_only_its_own_keys(chaos_settings: Se
         allowed(gw, "FT.SEARCH", f"{p}_idx_{MODEL}", "*", "LIMIT", "0", "1")
         gw.hget(f"{p}:vec:{MODEL}:{probe}", "vector")
         gw.get(f"{p}:switch:last")
+        assert "used_memory" in gw.info("memory")  # admission: refuse uploads before Redis is full
         gw.hset(f"{p}:image:{probe}", "status", "pending")
         assert gw.delete(f"{p}:image:{probe}") == 1
         # a vector key, an index, the model switch, the reconciler: refused
