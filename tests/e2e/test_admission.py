@@ -25,7 +25,7 @@ from ops.stack.supervisor import Stack
 from tests.helpers import ops_connection, running_stack, s3_client, wait_until
 from tests.images import distinct_jpegs
 
-STORE_LIMIT = 192 * 1024  # JetStream bytes: the config bucket and some dozens of jobs and events
+STORE_LIMIT = 128 * 1024  # JetStream bytes: the config bucket and some 150 jobs and events (~0.7 KB each)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_
     bare: Stack, gateway: httpx.AsyncClient
 ) -> None:
     s = bare.settings
-    images = iter(distinct_jpegs(200, size=(64, 48), seed=402))
+    images = iter(distinct_jpegs(400, size=(64, 48), seed=402))
     limit = int(STORE_LIMIT * s.storage_refuse_at)
     assert (await resources(gateway))["jetstream"]["limit"] == limit
     accepted = 0
@@ -157,7 +157,7 @@ async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_
             break
         accepted += 1
     else:
-        pytest.fail(f"{accepted} uploads fit in a {STORE_LIMIT}-byte job store")
+        pytest.fail(f"{accepted} uploads fit in a {STORE_LIMIT}-byte job store: {await resources(gateway)}")
     assert r.status_code == 507, r.text
     assert r.json()["error"]["code"] == "insufficient_storage"
     assert r.json()["error"]["message"].startswith("jetstream:")
