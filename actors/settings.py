@@ -168,17 +168,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if self.profile != "production":
-            return self
-        problems = [
-            f"MESH_{name.upper()} still has its local development value"
-            for name in SECRET_FIELDS
-            if str(getattr(self, name)).startswith(LOCAL_SECRET_MARK)
-        ]
-        if not self.api_keys:
-            problems.append("MESH_API_KEYS is empty: production needs API keys on the gateway")
-        if self.gateway_admin_port == self.gateway_port:
-            problems.append("MESH_GATEWAY_ADMIN_PORT equals MESH_GATEWAY_PORT: production splits them")
+        problems = production_problems(self) if self.profile == "production" else []
         if problems:
             raise ValueError("unsafe settings for MESH_PROFILE=production: " + "; ".join(problems))
         return self
@@ -274,3 +264,17 @@ class Settings(BaseSettings):
     def model_set(self) -> frozenset[str]:
         """The models the repository should hold (``efficientnet_lite0`` always)."""
         return frozenset({"efficientnet_lite0", *(m.strip() for m in self.models.split(",") if m.strip())})
+
+
+def production_problems(s: Settings) -> list[str]:
+    """What makes ``s`` unsafe for ``MESH_PROFILE=production``: local secrets, no API keys, one port."""
+    problems = [
+        f"MESH_{name.upper()} still has its local development value"
+        for name in SECRET_FIELDS
+        if str(getattr(s, name)).startswith(LOCAL_SECRET_MARK)
+    ]
+    if not s.api_keys:
+        problems.append("MESH_API_KEYS is empty: production needs API keys on the gateway")
+    if s.gateway_admin_port == s.gateway_port:
+        problems.append("MESH_GATEWAY_ADMIN_PORT equals MESH_GATEWAY_PORT: production splits them")
+    return problems
