@@ -5,8 +5,10 @@ Redis write, before its job is acked; a redelivered job of a done image queues i
 any done image whose check is missing or older than ``COPY_CHECK_VERSION``), and the checkers claim the queue
 oldest first (a claim is a
 lease: the image of a checker that dies is claimed again once it ends, so a kill loses nothing). For one image:
-its candidates are the images at least ``near_duplicate_threshold`` similar in the active model's index (a
-range query, at most ``MAX_CANDIDATES``), each candidate not compared with it before is verified by
+its candidates are the images at least ``near_duplicate_threshold`` similar in the active model's index (its
+``MAX_CANDIDATES`` nearest by KNN with a wide beam, ``CANDIDATE_EF``, kept when above the cut: a
+``VECTOR_RANGE`` query, HNSW's range search, missed copies at cosine 0.97 in a test, so one image of a pair
+found the other while the other did not), each candidate not compared with it before is verified by
 ``actors.copies.verify`` (local features and a geometric check; the features were stored by the pipeline from
 the decode it made anyway), and the verdicts are written both ways (``CopyPairs``), so a pair is verified once
 and ``GET /duplicates`` reads copies without computing anything. A candidate whose features are not stored yet
@@ -38,6 +40,7 @@ from actors.pipeline_io import ConfigSource
 log = structlog.get_logger("copy_check")
 
 MAX_CANDIDATES = 20  # per image: the nearest look-alikes above the cut (copies of one photo rarely exceed it)
+CANDIDATE_EF = 200  # EF_RUNTIME of the candidate KNN at least (the Config DB's ef_runtime if larger)
 BATCH = 8  # images taken from the queue at once
 IDLE_S = 1.0  # how long an idle checker waits before it looks at the queue again
 
@@ -70,7 +73,7 @@ class Neighbors(Protocol):
         k: int,
         *,
         exclude_id: str | None = None,
-        min_score: float | None,
+        ef_runtime: int | None = None,
     ) -> list[Hit]: ...
 
 
@@ -142,13 +145,14 @@ class CopyChecker:
         vector = await self.records.get_embedding(cfg.active_model, image_id)
         if vector is None:
             return None
-        hits = await self.neighbors.query(
+        nearest = await self.neighbors.query(
             cfg.active_model,
             vector,
             MAX_CANDIDATES,
             exclude_id=image_id,
-            min_score=cfg.near_duplicate_threshold,
+            ef_runtime=max(cfg.ef_runtime, CANDIDATE_EF),
         )
+        hits = [h for h in nearest if h.score >= cfg.near_duplicate_threshold]
         seen = await self.pairs.verdicts(image_id)
         todo = [h.image_id for h in hits if h.image_id not in seen]
         verdicts: dict[str, bool] = {}
