@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from typing import Protocol
 
 import numpy as np
@@ -41,6 +42,7 @@ log = structlog.get_logger("copy_check")
 
 MAX_CANDIDATES = 20  # per image: the nearest look-alikes above the cut (copies of one photo rarely exceed it)
 CANDIDATE_EF = 200  # EF_RUNTIME of the candidate KNN at least (the Config DB's ef_runtime if larger)
+FEATURES_CACHED = 256  # candidates' features kept in memory (~40 KB each): copies of one photo meet often
 BATCH = 8  # images taken from the queue at once
 IDLE_S = 1.0  # how long an idle checker waits before it looks at the queue again
 
@@ -95,6 +97,8 @@ class CopyChecker:
     ) -> None:
         self.pairs, self.records, self.neighbors = pairs, records, neighbors
         self.objects, self.config = objects, config
+        # an image's features never change (its id is new on every upload): the latest used, least first
+        self._features_cache: OrderedDict[str, copies.Features] = OrderedDict()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check queued images until ``stop``."""
@@ -171,10 +175,18 @@ class CopyChecker:
         return verdicts
 
     async def _features(self, image_id: str) -> copies.Features | None:
+        cached = self._features_cache.get(image_id)
+        if cached is not None:
+            self._features_cache.move_to_end(image_id)
+            return cached
         try:
-            return copies.Features.from_bytes(await self.objects.get(copy_features_key(image_id)))
+            found = copies.Features.from_bytes(await self.objects.get(copy_features_key(image_id)))
         except (ObjectMissing, ValueError):  # not made yet (or unreadable): its own check covers the pair
             return None
+        self._features_cache[image_id] = found
+        if len(self._features_cache) > FEATURES_CACHED:
+            self._features_cache.popitem(last=False)
+        return found
 
 
 def _verify_all(mine: copies.Features, theirs: dict[str, copies.Features]) -> dict[str, bool]:
