@@ -125,7 +125,11 @@ async def duplicate_groups(
     """
     cfg = await svc.config.get()
     if mode == "copies":
-        groups = connected_components([], await svc.copies.edges())
+        edges = await svc.copies.edges()
+        # a verdict can outlive its image by a moment (the checker wrote it as the image was deleted): only
+        # stored images are grouped, so a page never names an image that answers 404
+        alive = await svc.store.existing({i for edge in edges for i in edge})
+        groups = connected_components([], [(a, b) for a, b in edges if a in alive and b in alive])
         chunk, next_cursor = page(groups, cursor, limit)
         pending, _ = await svc.copies.backlog()
         return {

@@ -36,7 +36,7 @@ UI_TIMEOUT_MS = 30_000
 
 @pytest.fixture
 def console_errors() -> list[str]:
-    """Errors the page logged or threw; each test decides which it expects."""
+    """Errors the page logged (each with the URL it names) or threw; each test decides which it expects."""
     return []
 
 
@@ -63,7 +63,15 @@ async def page(chromium: Path, base_url: str, console_errors: list[str]) -> Asyn
             context.set_default_timeout(UI_TIMEOUT_MS)
             pg = await context.new_page()
             pg.on("pageerror", lambda e: console_errors.append(f"pageerror: {e}"))
-            pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            # with the URL it names (a resource that failed to load), so a test can tell its own images'
+            pg.on(
+                "console",
+                lambda m: (
+                    console_errors.append(f"{m.text} [{m.location.get('url', '')}]")
+                    if m.type == "error"
+                    else None
+                ),
+            )
             yield pg
         finally:
             await browser.close()

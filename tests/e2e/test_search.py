@@ -410,6 +410,31 @@ async def test_copies_are_told_apart_from_look_alikes(client: httpx.AsyncClient)
     )
 
 
+async def test_a_verdict_that_outlived_its_image_groups_nothing(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The copy checker can write a verdict as one of its images is deleted (the race a delete cannot close):
+    the groups name stored images only, so the web page never asks for an image that answers 404."""
+    (stored,) = await upload_all(client, distinct_jpegs(1, seed=int(run_id()[:6], 16)), {})
+    ghost = uuid.uuid4().hex  # never stored, or deleted a moment ago
+    p = settings.redis_prefix
+    with redis.Redis.from_url(settings.redis_server_url) as r:
+        r.hset(f"{p}:copies:{stored}", ghost, "1")
+        r.hset(f"{p}:copies:{ghost}", stored, "1")
+        try:
+            groups, cursor = [], ""
+            while cursor is not None:
+                body = (await client.get("/duplicates", params={"limit": 200, "cursor": cursor})).json()
+                groups += body["groups"]
+                cursor = body["next_cursor"]
+            assert all(ghost not in g["image_ids"] for g in groups)
+            assert all(stored not in g["image_ids"] for g in groups)  # its only "copy" is gone
+            assert (await client.get(f"/images/{stored}/duplicates")).json()["results"] == []
+        finally:
+            r.delete(f"{p}:copies:{ghost}")
+            r.hdel(f"{p}:copies:{stored}", ghost)
+
+
 async def similar_groups(client: httpx.AsyncClient) -> list[list[str]]:
     body = (await client.get("/duplicates", params={"limit": 1000, "mode": "similar"})).json()
     return [g["image_ids"] for g in body["groups"]]

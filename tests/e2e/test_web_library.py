@@ -258,4 +258,7 @@ async def test_the_duplicates_view_groups_copies_and_deletes_the_extras(
     await expect(group).to_have_count(0)
     statuses = [(await client.get(f"/images/{i}")).status_code for i in ids]
     assert statuses == [200, 404, 404]  # the largest (the original, 600 x 600, least compressed) is kept
-    assert console_errors == []
+    # the page lists every group of the session: other tests' images whose objects they removed on purpose
+    # (the reconciler's repairs) may fail to load; none of this test's, and no script error
+    mine = [e for e in console_errors if e.startswith("pageerror") or any(i in e for i in ids)]
+    assert mine == [], console_errors
