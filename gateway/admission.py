@@ -13,9 +13,9 @@ Three checks run before an upload touches the object store, Redis or JetStream (
   the records, their history and the vectors live there, and a Redis at ``maxmemory`` refuses writes.
 
 Each is one request (consumer info and account info on NATS, ``INFO memory`` on Redis), the three asked at
-once on every upload. The
-limits are exact for one gateway; several gateways each check the same numbers, so a burst can pass a limit
-by what they accept between two checks. ``usage`` is what ``/status`` shows and the gauges export.
+once on every upload; without NATS the upload is a 503 at once, as it would be without this check. The limits
+are exact for one gateway; several gateways each check the same numbers, so a burst can pass a limit by what
+they accept between two checks. ``usage`` is what ``/status`` shows and the gauges export.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import asyncio
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from nats.js.client import JetStreamContext
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
@@ -56,11 +57,12 @@ class Usage:
 
 
 class Admission:
-    """The checks of the module docstring, over the gateway's JetStream context and a Redis client (its ACL
+    """The checks of the module docstring, over the gateway's NATS connection and a Redis client (its ACL
     user needs ``INFO``)."""
 
-    def __init__(self, js: JetStreamContext, redis: aioredis.Redis, settings: Settings) -> None:
-        self._js = js
+    def __init__(self, nc: Client, redis: aioredis.Redis, settings: Settings) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self._redis = redis
         self._redis_max_bytes = settings.redis_max_bytes
         self._stream = settings.stream
@@ -94,11 +96,13 @@ class Admission:
 
     async def usage(self, cfg: MeshConfig) -> dict[str, Usage]:
         """Every resource, for ``/status`` and the gauges (``RetryableError`` when NATS or Redis fails)."""
+        if not self._nc.is_connected:
+            raise RetryableError("job queue unavailable: not connected to NATS")
         try:
             backlog, store, memory = await asyncio.gather(
                 self.backlog(cfg), self.jetstream(), self.redis_memory()
             )
-        except (TimeoutError, OSError, NotFoundError) as e:
+        except (TimeoutError, OSError, NatsError) as e:
             raise RetryableError(f"JetStream did not answer: {e}") from e
         found = {"backlog": backlog, "jetstream": store, "redis": memory}
         for name, u in found.items():

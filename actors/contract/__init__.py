@@ -2,8 +2,9 @@
 
 Gateway, actors, tests, ops tools and internal consumers import this package (``from actors.contract import
 X``); nobody spells a subject twice. It imports nothing of the project. ``names`` holds subjects and states,
-``messages`` what travels, ``records`` what is stored, ``codec`` the JSON. Every message is a ``msgspec.Struct`` encoded as JSON, so an operator can
-read and send them with the NATS CLI (``nats req index.stats '{"model":"efficientnet_lite0"}'``).
+``messages`` what travels, ``records`` what is stored, ``codec`` the JSON. Every message is a
+``msgspec.Struct`` encoded as JSON, so an operator can read and send them with the NATS CLI
+(``nats req index.stats '{"model":"efficientnet_lite0"}'``).
 """
 
 from __future__ import annotations

@@ -68,6 +68,28 @@ def upload(data: bytes) -> dict[str, Any]:
     return {"files": {"file": ("a.jpg", data, "image/jpeg")}}
 
 
+async def fill_until_refused(
+    gateway: httpx.AsyncClient, s: Settings, images: Iterator[bytes], resource: str
+) -> None:
+    """Upload until the gateway refuses with 507 naming ``resource`` (after at least one upload: it filled up
+    with this test's uploads, not before); the next upload is refused too, and stores nothing."""
+    accepted = 0
+    for data in images:
+        refused = await gateway.post("/images/upload", **upload(data))
+        if refused.status_code != 202:
+            break
+        accepted += 1
+    else:
+        pytest.fail(f"{accepted} uploads did not fill {resource}: {await resources(gateway)}")
+    assert refused.status_code == 507, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_storage"
+    assert refused.json()["error"]["message"].startswith(f"{resource}:"), refused.text
+    assert accepted > 0
+    before = stored(s)
+    assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 507
+    assert stored(s) == before  # refused before anything was stored
+
+
 async def test_a_full_backlog_is_refused_with_503_and_uploads_resume_as_the_coordinators_drain_it(
     bare: Stack, gateway: httpx.AsyncClient
 ) -> None:
@@ -121,20 +143,7 @@ async def test_redis_near_its_maxmemory_is_refused_with_507_naming_it_until_room
         r.config_set("maxmemory", maxmemory)
         try:
             await wait_until("the gateway sees maxmemory", lambda: _limit_is_set(gateway, "redis"))
-            accepted = 0
-            for data in images:
-                refused = await gateway.post("/images/upload", **upload(data))
-                if refused.status_code != 202:
-                    break
-                accepted += 1
-            else:
-                pytest.fail(f"{accepted} uploads fit in 64 KB of Redis")
-            assert refused.status_code == 507, refused.text
-            assert refused.json()["error"]["message"].startswith("redis:"), refused.text
-            assert accepted > 0
-            before = stored(s)
-            assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 507
-            assert stored(s) == before
+            await fill_until_refused(gateway, s, images, "redis")
             memory = (await resources(gateway))["redis"]
             assert memory["used"] >= memory["limit"] == int(maxmemory * s.storage_refuse_at)
         finally:
@@ -150,21 +159,7 @@ async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_
     images = iter(distinct_jpegs(400, size=(64, 48), seed=402))
     limit = int(STORE_LIMIT * s.storage_refuse_at)
     assert (await resources(gateway))["jetstream"]["limit"] == limit
-    accepted = 0
-    for data in images:
-        r = await gateway.post("/images/upload", **upload(data))
-        if r.status_code != 202:
-            break
-        accepted += 1
-    else:
-        pytest.fail(f"{accepted} uploads fit in a {STORE_LIMIT}-byte job store: {await resources(gateway)}")
-    assert r.status_code == 507, r.text
-    assert r.json()["error"]["code"] == "insufficient_storage"
-    assert r.json()["error"]["message"].startswith("jetstream:")
-    assert accepted > 0  # it filled up with this test's uploads, not before
-    before = stored(s)
-    assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 507
-    assert stored(s) == before  # refused before anything was stored
+    await fill_until_refused(gateway, s, images, "jetstream")
     store = (await resources(gateway))["jetstream"]
     assert store["used"] >= store["limit"] == limit
 

@@ -53,8 +53,18 @@ class FakeRedis:
         return {"used_memory": self.used, "maxmemory": self.maxmemory}
 
 
+class FakeNats:
+    """A connected client whose JetStream context is ``js``."""
+
+    def __init__(self, js: FakeJetStream, connected: bool = True) -> None:
+        self.js, self.is_connected = js, connected
+
+    def jetstream(self) -> FakeJetStream:
+        return self.js
+
+
 def admission(js: FakeJetStream, redis: FakeRedis | None = None, **settings: Any) -> Admission:
-    return Admission(js, redis or FakeRedis(), Settings(**settings))  # type: ignore[arg-type]
+    return Admission(FakeNats(js), redis or FakeRedis(), Settings(**settings))  # type: ignore[arg-type]
 
 
 async def test_the_backlog_is_waiting_plus_delivered_unacknowledged_jobs() -> None:
@@ -104,3 +114,11 @@ async def test_redis_near_its_maxmemory_is_507_naming_redis() -> None:
     await admission(js, FakeRedis(used=10**9, maxmemory=0)).check(MeshConfig())  # no limit anywhere
     setting = admission(js, FakeRedis(used=960, maxmemory=0), redis_max_bytes=1000)
     assert (await setting.redis_memory()).full
+
+
+async def test_without_nats_the_upload_is_503_at_once() -> None:
+    from actors.errors import RetryableError
+
+    gate = Admission(FakeNats(FakeJetStream(pending=0), connected=False), FakeRedis(), Settings())  # type: ignore[arg-type]
+    with pytest.raises(RetryableError, match="not connected to NATS"):
+        await gate.check(MeshConfig())
