@@ -253,6 +253,12 @@ async def test_the_duplicates_view_groups_copies_and_deletes_the_extras(
     await expect(group).to_be_visible()
     assert set((await group.get_attribute("data-image-ids") or "").split()) == set(ids)
     await expect(group.locator(".badge")).to_have_text("copy")
+    # as a user would: the pictures are on screen before the extras are deleted (a thumbnail still loading
+    # when its image goes answers 404)
+    await page.wait_for_function(
+        "sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
+        arg=f'#duplicate-groups .group[data-image-ids~="{ids[0]}"] img',
+    )
     await page.screenshot(path=str(screenshot_path("duplicates")), full_page=False)
     await group.get_by_role("button", name="Delete the 2 other copies").click()
     await expect(group).to_have_count(0)

@@ -14,6 +14,7 @@ from actors.adapters.vector_index.adapter import TooManyNeighbors
 from actors.errors import PermanentError, RetryableError
 from actors.settings import Settings
 from tests.conftest import free_port
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -48,16 +49,31 @@ def brute_force(data: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np
     return order, sims[order]
 
 
+async def ready(index: VectorIndex, *models: str) -> None:
+    """Wait for RediSearch's background scan of a new index (``percent_indexed`` 1): until then queries are
+    refused with a retryable ``index_loading``, which a client retries (a busy CI box once took that long)."""
+    for model in models:
+        await wait_until(
+            f"index {model} scanned", lambda m=model: _scanned(index, m), timeout_s=30, every_s=0.05
+        )
+
+
+async def _scanned(index: VectorIndex, model: str) -> bool:
+    return bool((await index.stats(model)).percent_indexed >= 1.0)
+
+
 async def load(
     index: VectorIndex, model: str, data: np.ndarray, tags: list[dict[str, str]] | None = None
 ) -> None:
     for i, v in enumerate(data):
         await index.upsert(model, f"img{i}", v.tolist(), (tags or [{}] * len(data))[i])
+    await ready(index, model)
 
 
 async def test_upsert_is_idempotent_by_image_id(index: VectorIndex) -> None:
     assert await index.upsert("m", "a", [1.0, 0.0, 0.0], {"k": "v"}) is True
     assert await index.upsert("m", "a", [0.0, 1.0, 0.0], {"k": "w"}) is False
+    await ready(index, "m")
     stats = await index.stats("m")
     assert stats.num_docs == 1
     # the second write replaced the first: vector and tags
@@ -127,6 +143,7 @@ async def test_two_models_never_mix(index: VectorIndex) -> None:
     await index.upsert("a", "only-a", [0.9, 0.1, 0.0])
     await index.upsert("b", "shared", [1.0, 0.0, 0.0, 0.0, 0.0])
     await index.upsert("b", "only-b", [0.9, 0.1, 0.0, 0.0, 0.0])
+    await ready(index, "a", "b")
     assert {h.image_id for h in await index.query("a", [1.0, 0.0, 0.0], k=10)} == {"shared", "only-a"}
     assert {h.image_id for h in await index.query("b", [1.0, 0, 0, 0, 0], k=10)} == {"shared", "only-b"}
     assert (await index.stats("a")).dim == 3 and (await index.stats("b")).dim == 5
@@ -138,6 +155,7 @@ async def test_two_models_never_mix(index: VectorIndex) -> None:
 async def test_delete_removes_and_is_idempotent(index: VectorIndex) -> None:
     await index.upsert("m", "x", [1.0, 2.0])
     await index.upsert("m", "y", [2.0, 1.0])
+    await ready(index, "m")
     assert await index.delete("x", "m") == 1
     assert await index.delete("x", "m") == 0
     assert await index.delete("x") == 0
@@ -150,6 +168,7 @@ async def test_stats(index: VectorIndex) -> None:
     assert (before.exists, before.num_docs, before.index) == (False, 0, index.index_name("m"))
     for i in range(3):
         await index.upsert("m", f"i{i}", [1.0, float(i), 0.5, 0.25])
+    await ready(index, "m")
     after = await index.stats("m")
     assert (after.exists, after.num_docs, after.dim, after.percent_indexed) == (True, 3, 4, 1.0)
 
