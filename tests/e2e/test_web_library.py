@@ -253,8 +253,9 @@ async def test_the_duplicates_view_groups_copies_and_deletes_the_extras(
     await expect(group).to_be_visible()
     assert set((await group.get_attribute("data-image-ids") or "").split()) == set(ids)
     await expect(group.locator(".badge")).to_have_text("copy")
-    # as a user would: the pictures are on screen before the extras are deleted (a thumbnail still loading
-    # when its image goes answers 404)
+    # as a user would: the group scrolled into view (its thumbnails load lazily) and its pictures on screen
+    # before the extras are deleted (a thumbnail still loading when its image goes answers 404)
+    await group.scroll_into_view_if_needed()
     await page.wait_for_function(
         "sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
         arg=f'#duplicate-groups .group[data-image-ids~="{ids[0]}"] img',
