@@ -1,7 +1,7 @@
 """The JetStream layout of the mesh: the work stream, the events stream and the coordinator's durable consumer.
 
 Created idempotently by the stack's bootstrap (``ops`` user) and by tests; the coordinator re-asserts its
-consumer at start. Retention is ``limits`` (not work-queue) so that operators can replay past jobs.
+consumer at start. Each config carries the storage layout in its metadata (``contract.layout``). Retention is ``limits`` (not work-queue) so that operators can replay past jobs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def jobs_stream(s: Settings) -> StreamConfig:
         max_age=JOBS_MAX_AGE_S,
         duplicate_window=DUPLICATE_WINDOW_S,
         discard=DiscardPolicy.OLD,
+        metadata=contract.layout_metadata(),
     )
 
 
@@ -46,6 +47,7 @@ def events_stream(s: Settings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=EVENTS_MAX_AGE_S,
         discard=DiscardPolicy.OLD,
+        metadata=contract.layout_metadata(),
     )
 
 
@@ -65,6 +67,7 @@ def coordinator_consumer(s: Settings, max_deliver: int, ack_wait_s: float) -> Co
         ack_wait=ack_wait_s,
         max_deliver=max_deliver,
         max_ack_pending=1000,
+        metadata=contract.layout_metadata(),
     )
 
 

@@ -25,11 +25,19 @@ async def get_record(svc: Services, image_id: str) -> ImageRecord:
 
 
 def record_view(rec: ImageRecord) -> ImageRecordView:
-    """The record as the API shows it: without the object keys, the replay attempt and the job's stream
-    sequence (internal); with ``thumbnail_url`` (null until the pipeline made the thumbnail). Every other field
+    """The record as the API shows it: without the object keys, the replay attempt, the job's stream
+    sequence and the storage layout (internal); with ``thumbnail_url`` (null until the pipeline made the thumbnail). Every other field
     of ``ImageRecord`` goes out as it is (a test checks that ``ImageRecordView`` names each of them)."""
     body: dict[str, Any] = msgspec.to_builtins(rec)
-    for internal in ("object_key", "thumbnail_key", "copy_features_key", "copy_check", "attempt", "job_seq"):
+    for internal in (
+        "object_key",
+        "thumbnail_key",
+        "copy_features_key",
+        "copy_check",
+        "attempt",
+        "job_seq",
+        "layout",
+    ):
         body.pop(internal, None)
     body["thumbnail_url"] = f"images/{rec.image_id}/thumbnail" if rec.thumbnail_key else None
     return cast(ImageRecordView, body)

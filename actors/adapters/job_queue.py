@@ -40,6 +40,7 @@ def job_for(
         attempt=rec.attempt if attempt is None else attempt,
         models=list(models),
         cause=cause.value,
+        layout=contract.LAYOUT,
     )
 
 

@@ -26,7 +26,7 @@ from redis.typing import EncodableT, FieldT
 from actors.adapters.redis_client import redis_client
 from actors.adapters.redis_errors import redis_errors
 from actors.adapters.vector_index.names import tags_field
-from actors.contract import Cause, ImageRecord, Label, Status
+from actors.contract import LAYOUT, Cause, ImageRecord, Label, Status
 
 log = structlog.get_logger("workflow_store")
 
@@ -141,7 +141,7 @@ class WorkflowStore:
 
     async def create(self, rec: ImageRecord) -> str | None:
         """Store a new pending record unless these bytes already have one; returns the owner's id if so."""
-        fields = _dump(msgspec.structs.asdict(rec) | {"history": None})
+        fields = _dump(msgspec.structs.asdict(rec) | {"history": None, "layout": LAYOUT})
         fields.pop("history")
         flat = [x for kv in fields.items() for x in kv]
         entry = json.dumps(

@@ -2,7 +2,7 @@
 
 Gateway, actors, tests, ops tools and internal consumers import this package (``from actors.contract import
 X``); nobody spells a subject twice. It imports nothing of the project. ``names`` holds subjects and states,
-``messages`` what travels, ``records`` what is stored, ``codec`` the JSON. Every message is a
+``messages`` what travels, ``records`` what is stored, ``layout`` the version of everything stored, ``codec`` the JSON. Every message is a
 ``msgspec.Struct`` encoded as JSON, so an operator can read and send them with the NATS CLI
 (``nats req index.stats '{"model":"efficientnet_lite0"}'``).
 """
@@ -12,6 +12,16 @@ from __future__ import annotations
 from actors.contract.codec import (
     decode,
     encode,
+)
+from actors.contract.layout import (
+    FIRST_LAYOUT,
+    LAYOUT,
+    LAYOUT_FIELD,
+    LAYOUT_METADATA,
+    LAYOUT_OBJECT,
+    layout_key,
+    layout_metadata,
+    stamped_layout,
 )
 from actors.contract.messages import (
     ConfigGet,
@@ -88,6 +98,7 @@ __all__ = [
     "DEAD_SUBJECT",
     "EVENTS_PREFIX",
     "EVENTS_SUBJECTS",
+    "FIRST_LAYOUT",
     "INDEXER_SERVICE",
     "INDEX_DELETE",
     "INDEX_GROUPS",
@@ -96,6 +107,10 @@ __all__ = [
     "INDEX_UPSERT",
     "JOBS_SUBJECT",
     "JOBS_SUBJECTS",
+    "LAYOUT",
+    "LAYOUT_FIELD",
+    "LAYOUT_METADATA",
+    "LAYOUT_OBJECT",
     "MODELS_SWITCH",
     "MSG_ID_HEADER",
     "TERMINAL",
@@ -136,5 +151,8 @@ __all__ = [
     "encode",
     "event_subject",
     "job_msg_id",
+    "layout_key",
+    "layout_metadata",
     "now",
+    "stamped_layout",
 ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from actors.contract.layout import FIRST_LAYOUT
 from actors.contract.names import Cause, Status, now
 
 
@@ -24,6 +25,7 @@ class ProcessJob(Struct, kw_only=True):
     attempt: int = 0  # bumped by a replay; part of the de-duplication id
     models: list[str] = []  # models to embed with; empty means the active model
     cause: str = Cause.UPLOAD.value  # who published it (a ``Cause``); history entries carry it
+    layout: int = FIRST_LAYOUT  # the storage layout of its writer (``contract.layout``; none: release 0.2.0)
 
 
 class DeadLetter(Struct, kw_only=True):

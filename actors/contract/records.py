@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from actors.contract.layout import FIRST_LAYOUT
 from actors.contract.messages import ErrorInfo, Struct
 from actors.contract.names import Status
 
@@ -43,6 +44,7 @@ class ImageRecord(Struct, kw_only=True):
     attempt: int = 0
     job_seq: int = 0  # the stream sequence of the record's latest job (0: not known)
     history: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    layout: int = FIRST_LAYOUT  # the storage layout it was written under (``contract.layout``; none: 1)
 
 
 class PreprocessSpec(msgspec.Struct, frozen=True, kw_only=True):

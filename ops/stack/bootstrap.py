@@ -1,6 +1,6 @@
 """One-off set-up once the servers answer, as the operators' identities: the JetStream streams every process
-expects (NATS ``ops`` user), and the bucket policy of the S3 store (``ops/stack/privileges.py``). Both are
-idempotent, so they run on every start."""
+expects (NATS ``ops`` user), the bucket policy of the S3 store (``ops/stack/privileges.py``), and the upgrade of
+stored data to this release's layout (``ops/migrate.py``). All are idempotent, so they run on every start."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from botocore.config import Config
 
 from actors.settings import Settings
 from actors.streams import ensure_streams
+from ops.migrate import migrate
 from ops.stack.privileges import bucket_policy
 
 log = structlog.get_logger("stack")
@@ -41,9 +42,13 @@ def bootstrap_s3(s: Settings) -> None:
     log.info("stack.bucket_policy", bucket=s.s3_bucket)
 
 
-def bootstrap(s: Settings, *, servers: tuple[str, ...] = ("nats", "s3")) -> None:
-    """Set up ``servers`` (compose's one-shot ``bootstrap`` service: both)."""
+def bootstrap(s: Settings, *, servers: tuple[str, ...] = ("nats", "redis", "s3")) -> None:
+    """Set up ``servers`` (compose's one-shot ``bootstrap`` service: all three); once all three answer, upgrade
+    what they store to this release's layout (``ops/migrate.py``) unless ``migrate_on_start`` is off."""
     if "nats" in servers:
         asyncio.run(bootstrap_nats(s))
     if "s3" in servers:
         bootstrap_s3(s)
+    if s.migrate_on_start and {"nats", "redis", "s3"} <= set(servers):
+        m = asyncio.run(migrate(s))
+        log.info("stack.layout", layout=m.layout, found=m.found, stamped=m.stamped, steps=",".join(m.steps))

@@ -156,8 +156,8 @@ class Stack:
             self.wait_healthy(group, timeout_s)
             for svc in group:
                 log.info("stack.healthy", service=svc.name)
-            # the streams every later process expects; the bucket policy (ops/stack/bootstrap.py)
-            servers = tuple(svc.name for svc in group if svc.name in ("nats", "s3"))
+            # the streams every later process expects, the bucket policy, the layout (ops/stack/bootstrap.py)
+            servers = tuple(svc.name for svc in group if svc.name in ("nats", "redis", "s3"))
             if servers:
                 bootstrap(self.settings, servers=servers)
 
