@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     consumer: str = "coordinator"
     config_bucket: str = "config"
     redis_prefix: str = "mesh"
+    # the stack's start-up (ops/stack/bootstrap.py) upgrades stored data to this release's layout (ops/migrate.py)
+    migrate_on_start: bool = True
 
     # --- seeds for the Config DB (the live values are in the NATS KV bucket) -----------------
     default_model: str = "efficientnet_lite0"
@@ -164,6 +166,9 @@ class Settings(BaseSettings):
     jetstream_max_bytes: int = Field(10 * 1024**3, ge=0)
     # Redis's memory limit for the same check (0: Redis's own maxmemory, if set)
     redis_max_bytes: int = Field(0, ge=0)
+    # the object store's limit for the same check, on its bucket's listed bytes (0: no limit, nothing listed)
+    object_store_max_bytes: int = Field(0, ge=0)
+    object_store_usage_refresh_s: float = Field(30.0, gt=0)  # at most how often a gateway lists the bucket
     storage_refuse_at: float = Field(0.95, gt=0, le=1)
 
     @model_validator(mode="after")

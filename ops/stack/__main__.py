@@ -83,8 +83,14 @@ def cmd_ps(stack: Stack) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.stack")
     parser.add_argument("command", choices=["run", "up", "down", "ps"])
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated services to run (e.g. nats,redis,s3: the servers alone, for mesh restore)",
+    )
     args = parser.parse_args(argv)
-    stack = Stack(Settings())
+    only = tuple(n for n in args.only.split(",") if n) or None
+    stack = Stack(Settings(), only=only)
     return {"run": cmd_run, "up": cmd_up, "down": cmd_down, "ps": cmd_ps}[args.command](stack)
 
 
