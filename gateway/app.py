@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 events=Events(nc),
                 intents=intents,
                 jobs=JobQueue(nc.jetstream()),
-                admission=Admission(nc, listing, settings),
+                admission=Admission(nc, listing, settings, objects),
                 decode_budget=DecodeBudget(settings.decode_budget_bytes),
                 records=RecordIndex(listing, settings.redis_prefix),
                 copies=CopyPairs(listing, settings.redis_prefix),

@@ -57,7 +57,7 @@ async def upload(
     # the raw bytes, kept by gateway.forms.UploadGuard: Starlette would decode non-UTF-8 as Latin-1 silently
     meta = parse_metadata(getattr(request.state, "raw_metadata", None) or metadata)
     info = await validate(svc, data, cfg)
-    await svc.admission.check(cfg)  # 503 / 507 before anything is stored
+    await svc.admission.check(cfg, len(data))  # 503 / 507 before anything is stored
     accepted = await accept_upload(
         data=data,
         info=info,

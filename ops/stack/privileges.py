@@ -140,6 +140,7 @@ def s3_actions(s: Settings) -> dict[str, list[str]]:
             f"Read:{b}/{THUMBNAILS_PREFIX}*",
             f"Write:{b}/{THUMBNAILS_PREFIX}*",
             f"Write:{b}/{COPY_FEATURES_PREFIX}*",  # deletes an image's copy features with it
+            f"List:{b}",  # sums the bucket's bytes: object_store_max_bytes (gateway/admission.py)
         ],
         # reads originals, lists the bucket (the reconciler), writes only derived objects; its delete of
         # orphaned originals is the bucket policy below

@@ -4,7 +4,9 @@ anything is stored, and uploads resume by themselves once there is room again.
 A private stack without coordinator or Triton (NATS, Redis, the S3 store, the config actor, the gateway), so the
 backlog only moves when the test says: the test plays the coordinators, draining their durable consumer by hand.
 Its JetStream store limit is tiny (``jetstream_max_bytes``), so some dozens of uploads fill it; Redis's limit is
-its own ``maxmemory``, which the test sets a little above what Redis holds (an operator's ``CONFIG SET``).
+its own ``maxmemory``, which the test sets a little above what Redis holds (an operator's ``CONFIG SET``). The
+object store's limit has a second such stack of its own (with the indexer, for ``DELETE``), so its small
+``object_store_max_bytes`` refuses none of the other tests' uploads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import redis
 
 from actors.adapters.config_client import ConfigClient
+from actors.adapters.object_store import ORIGINALS_PREFIX
 from actors.settings import Settings
 from actors.streams import coordinator_consumer
 from ops.stack.supervisor import Stack
@@ -42,9 +45,12 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 async def gateway(bare: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    s = bare.settings
-    async with httpx.AsyncClient(base_url=f"http://{s.host}:{s.gateway_port}", timeout=30) as c:
+    async with client(bare.settings) as c:
         yield c
+
+
+def client(s: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://{s.host}:{s.gateway_port}", timeout=30)
 
 
 def stored(s: Settings) -> dict[str, int]:
@@ -170,6 +176,54 @@ async def test_a_nearly_full_job_store_is_refused_with_507_naming_it_until_room_
         "room in the job store", lambda: _below_limit(gateway, "jetstream"), timeout_s=30, every_s=0.2
     )
     assert (await gateway.post("/images/upload", **upload(next(images)))).status_code == 202
+
+
+OBJECT_STORE_LIMIT = 256 * 1024  # bytes in the bucket: some 20 uploads of ~12 KB
+
+
+@pytest.fixture(scope="module")
+def small_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        Path(tmp_path_factory.mktemp("admission-objects")),
+        only=("nats", "redis", "s3", "config", "indexer", "gateway"),
+        export_models=False,
+        timeout_s=120,
+        object_store_max_bytes=OBJECT_STORE_LIMIT,
+        object_store_usage_refresh_s=0.5,
+    ) as stack:
+        yield stack
+
+
+async def test_a_nearly_full_object_store_is_refused_with_507_naming_it_until_images_are_deleted(
+    small_bucket: Stack,
+) -> None:
+    s = small_bucket.settings
+    images = iter(distinct_jpegs(80, size=(512, 384), seed=404))
+    limit = int(OBJECT_STORE_LIMIT * s.storage_refuse_at)
+    async with client(s) as gateway:
+        start = (await resources(gateway))["object_store"]  # what the start-up stored (not 0: a layout stamp)
+        assert start["used"] < start["limit"] == limit and start["unit"] == "bytes"
+        await fill_until_refused(gateway, s, images, "object_store")
+        objects = (await resources(gateway))["object_store"]
+        assert objects["used"] >= objects["limit"] == limit
+        held = s3_client(s).list_objects_v2(Bucket=s.s3_bucket)["Contents"]
+        assert objects["used"] == sum(o["Size"] for o in held)  # every upload here is in the listing by now
+        metrics = (await gateway.get("/metrics")).text
+        assert f'mesh_resource_limit{{resource="object_store"}} {float(limit)}' in metrics
+
+        # a user makes room: deleting a third of the images is enough, and uploads resume by themselves
+        originals = [str(o["Key"]) for o in held if str(o["Key"]).startswith(ORIGINALS_PREFIX)]
+        for key in originals[: len(originals) // 3]:
+            image_id = key.rsplit("/", 1)[-1]
+            assert (await gateway.delete(f"/images/{image_id}")).status_code == 204
+        await wait_until(
+            "room in the object store",
+            lambda: _below_limit(gateway, "object_store"),
+            timeout_s=30,
+            every_s=0.2,
+        )
+        again = await gateway.post("/images/upload", **upload(next(images)))
+        assert again.status_code == 202, again.text
 
 
 async def _limit_is(gateway: httpx.AsyncClient, name: str, limit: int) -> bool:

@@ -427,6 +427,7 @@ def test_alert_rules_warn_before_each_admission_refusal() -> None:
         ("MeshBacklogNearLimit", "backlog"),
         ("MeshJetStreamStoreNearLimit", "jetstream"),
         ("MeshRedisMemoryNearLimit", "redis"),
+        ("MeshObjectStoreNearLimit", "object_store"),
     ):
         expr = rules[alert]["expr"]
         assert all(f'{n}{{resource="{resource}"}}' in expr for n in names), alert
