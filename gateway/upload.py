@@ -8,9 +8,11 @@ The order, and why:
    before the put lets a sweep remove the object if this process dies before step 4: gateway/intents.py.)
 4. Create the ``pending`` record and claim the sha256, atomically (a concurrent upload of the same bytes loses
    the claim, removes its object and answers ``duplicate``).
-5. Publish the job (``actors/adapters/job_queue.py``) and wait for JetStream's ack. If that fails, undo 4 and
-   3, so a retry of the same bytes is not mistaken for a duplicate, and answer 503. The ack's stream sequence
-   goes into the record (``job_seq``: the reconciler and ``mesh check`` find the job by it).
+5. Publish the ``pending`` event, then the job (``actors/adapters/job_queue.py``) and wait for JetStream's
+   ack: the event first, so that a coordinator's ``processing`` follows it. If the job fails, undo 4 and 3
+   (and publish ``deleted``), so a retry of the same bytes is not mistaken for a duplicate, and answer 503.
+   The ack's stream sequence goes into the record (``job_seq``: the reconciler and ``mesh check`` find the
+   job by it).
 So an accepted upload (2xx) always has its object and its durable job, and no job exists without its object.
 """
 
@@ -120,6 +122,9 @@ async def accept_upload(
             return existing
         raise RetryableError("concurrent upload of the same bytes did not finish; retry")
 
+    # the pending event goes out before the job, on the connection the job then takes: a coordinator's
+    # processing event can only follow it (a subscriber sees the states in order)
+    await events.publish(ImageEvent(image_id=image_id, status=Status.PENDING, at=now, trace_id=trace_id))
     try:
         pub = await jobs.publish(job_for(rec))
     except RetryableError:
@@ -127,9 +132,9 @@ async def accept_upload(
         with contextlib.suppress(RetryableError):
             await store.delete(image_id, sha)
         await _forget_object(objects, rec.object_key)
+        await events.publish(ImageEvent(image_id=image_id, status=Status.DELETED, at=now, trace_id=trace_id))
         raise
     await _note_job_seq(store, image_id, pub.seq)
-    await events.publish(ImageEvent(image_id=image_id, status=Status.PENDING, at=now, trace_id=trace_id))
     log_.info("upload.accepted", size_bytes=len(data), content_type=info.content_type)
     return Accepted(image_id=image_id, status=Status.PENDING, sha256=sha, duplicate=False)
 
