@@ -317,7 +317,12 @@ async def main(settings: Settings) -> None:
         )
         checker = (
             CopyChecker(  # verifies which look-alikes are copies, in the background (actors/copy_check.py)
-                pairs=copy_pairs, records=store, neighbors=vectors, objects=objects, config=config
+                pairs=copy_pairs,
+                records=store,
+                neighbors=vectors,
+                objects=objects,
+                config=config,
+                busy=lambda: coordinator.in_flight > 0,  # it yields to the jobs
             )
         )
         switcher = model_switch.ModelSwitcher(

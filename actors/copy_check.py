@@ -12,7 +12,8 @@ found the other while the other did not), each candidate not compared with it be
 ``actors.copies.verify`` (local features and a geometric check; the features were stored by the pipeline from
 the decode it made anyway), and the verdicts are written both ways (``CopyPairs``), so a pair is verified once
 and ``GET /duplicates`` reads copies without computing anything. A candidate whose features are not stored yet
-is skipped: that image's own check, later, compares it with this one.
+is skipped: that image's own check, later, compares it with this one. While its coordinator has jobs in flight
+the checker waits (up to ``YIELD_MAX_S`` of lag): uploads reach ``done`` first, the checks follow.
 
 Metrics: ``mesh_copy_check_lag_seconds`` (how long the oldest queued image has waited; 0 when none),
 ``mesh_copy_check_queue``, ``mesh_copy_verify_seconds`` per pair, ``mesh_copy_check_seconds`` per image,
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -45,6 +47,10 @@ CANDIDATE_EF = 200  # EF_RUNTIME of the candidate KNN at least (the Config DB's 
 FEATURES_CACHED = 256  # candidates' features kept in memory (~40 KB each): copies of one photo meet often
 BATCH = 8  # images taken from the queue at once
 IDLE_S = 1.0  # how long an idle checker waits before it looks at the queue again
+# while its coordinator has jobs in flight the checker leaves them the CPU, until the oldest queued image has
+# waited this long: a burst of uploads reaches ``done`` first, its copy checks follow; under a longer load the
+# checks run beside the jobs, their verdicts at most this late
+YIELD_MAX_S = 15.0
 
 LAG = Gauge("mesh_copy_check_lag_seconds", "How long the oldest image waiting for its copy check has waited")
 QUEUED = Gauge("mesh_copy_check_queue", "Images waiting for their copy check")
@@ -94,9 +100,11 @@ class CopyChecker:
         neighbors: Neighbors,
         objects: Objects,
         config: ConfigSource,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``busy``: whether the coordinator has jobs in flight (the checker yields to them: ``YIELD_MAX_S``)."""
         self.pairs, self.records, self.neighbors = pairs, records, neighbors
-        self.objects, self.config = objects, config
+        self.objects, self.config, self.busy = objects, config, busy
         # an image's features never change (its id is new on every upload): the latest used, least first
         self._features_cache: OrderedDict[str, copies.Features] = OrderedDict()
 
@@ -109,11 +117,14 @@ class CopyChecker:
                     await asyncio.wait_for(stop.wait(), timeout=IDLE_S)
 
     async def _step(self) -> bool:
-        """One batch; False when the queue was empty (or Redis away)."""
+        """One batch; False when the queue was empty, Redis away, or the checker yields to jobs in flight."""
         try:
             count, oldest = await self.pairs.backlog()
+            lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
             QUEUED.set(count)
-            LAG.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+            LAG.set(lag)
+            if count and lag < YIELD_MAX_S and self.busy():
+                return False
             taken = await self.pairs.take(BATCH) if count else []
         except MeshError as e:
             log.warning("copy_check.queue_unavailable", error=str(e))

@@ -64,7 +64,10 @@ def _ingest(d: dict[str, Any], plan: Plan) -> list[str]:
         "indexer's write (DEL + HSET in MULTI, one round trip per batch) into an index of the same schema; "
         "decoding on a thread per core overlapped with inference on every core. It skips only the mesh's "
         "bookkeeping: workflow records, history, events, the object store and the Workflow DB's copy of the "
-        "vector."
+        "vector. The copy checks are not in either window: the mesh's checker yields to jobs in flight (up to "
+        "15 s of lag, `actors/copy_check.py`) and checks the run's images after its last `done`; every run, "
+        "baseline or mesh, starts once the checker's queue is empty, and "
+        "`ingest_copy_checks_after_s_*` is how long the checks took after each mesh run (untimed)."
     ]
     for key, label in (("clip", "CLIP"), ("default", "EfficientNet-Lite0")):
         b = d.get(f"baseline_{key}")

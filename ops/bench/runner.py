@@ -216,7 +216,7 @@ class Runner:
         # warm-up: model config caches, gRPC channels, ORT arenas (not timed)
         run_baseline(images[:8], f"{key}-warm")
         await ingest.mesh_ingest(self.bench, images[:8], f"{key}-warm", p.uploaders)
-        base, mesh, stages = [], [], []
+        base, mesh, stages, checks = [], [], [], []
         for rep in range(p.reps):
             base.append(
                 run_baseline([tagged(d, f"{key}-{rep}-{i}") for i, d in enumerate(images)], f"{key}-{rep}")
@@ -225,8 +225,10 @@ class Runner:
             if run.errors:
                 raise RuntimeError(f"{run.errors} images ended in error during the {key} ingest")
             mesh.append(run.images_per_s)
+            checks.append(run.checks_s)
             stages.append(run.stages | {"_upload_s": run.upload_seconds, "_wall_s": run.seconds})
         r.close()
+        self.res.add(f"ingest_copy_checks_after_s_{key}", checks, "s")
         self.res.add(f"ingest_baseline_images_per_s_{key}", base, "images/s")
         self.res.add(f"ingest_mesh_images_per_s_{key}", mesh, "images/s")
         self.res.add(f"ingest_ratio_{key}", ratios(mesh, base))

@@ -5,6 +5,7 @@ mesh: tests/e2e/test_search.py (copies apart from look-alikes) and tests/e2e/tes
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,7 +16,7 @@ from PIL import Image
 from actors import copies
 from actors.adapters.object_store import ObjectMissing, copy_features_key
 from actors.contract import Hit, ImageRecord, MeshConfig, Status
-from actors.copy_check import CANDIDATE_EF, MAX_CANDIDATES, CopyChecker
+from actors.copy_check import CANDIDATE_EF, MAX_CANDIDATES, YIELD_MAX_S, CopyChecker
 from tests.images import photo
 
 
@@ -153,3 +154,42 @@ async def test_a_candidates_features_are_fetched_once_and_a_missing_one_is_skipp
     assert await one.check("b") == {"c": True}  # c's features come from memory, a's pair is known
     assert world.fetched["c"] == 1 and world.fetched["gone"] == 2
     assert world.asked[-1]["ef_runtime"] == max(MeshConfig().ef_runtime, CANDIDATE_EF)
+
+
+class Queue:
+    """The checker's queue: one image waiting for ``age_s``; counts the checker's claims."""
+
+    def __init__(self, age_s: float) -> None:
+        self.oldest, self.claims = time.time() - age_s, 0
+
+    async def backlog(self) -> tuple[int, float | None]:
+        return 1, self.oldest
+
+    async def take(self, n: int) -> list[tuple[str, float]]:
+        self.claims += 1
+        return []
+
+
+@pytest.mark.parametrize(
+    ("busy", "age_s", "claims"),
+    [
+        (True, 1.0, 0),  # jobs in flight and a fresh queue: the checker leaves them the CPU
+        (True, YIELD_MAX_S + 1, 1),  # but not past YIELD_MAX_S of lag: under a long load it checks anyway
+        (False, 0.0, 1),  # no job in flight: it checks at once
+    ],
+)
+async def test_the_checker_yields_to_jobs_in_flight_for_a_bounded_lag(
+    busy: bool, age_s: float, claims: int
+) -> None:
+    queue = Queue(age_s)
+    world = World({}, {})
+    c = CopyChecker(
+        pairs=queue,  # type: ignore[arg-type]
+        records=world,
+        neighbors=world,
+        objects=Objects(world),
+        config=Config(MeshConfig()),
+        busy=lambda: busy,
+    )
+    await c._step()
+    assert queue.claims == claims
