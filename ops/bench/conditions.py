@@ -141,9 +141,23 @@ def _uploads(d: dict[str, Any], plan: Plan) -> list[str]:
         f"{plan.upload_concurrency} concurrent clients, re-tagged each run. The mesh as deployed: log level "
         f"`{log_level}`, the coordinator running and embedding each upload with the active model "
         f"({d.get('upload_active_model')}) while the uploads go on; a pass is timed until its last upload is "
-        "answered, and the next pass starts once every upload is `done`. The baseline: a bare FastAPI "
-        "endpoint in its own uvicorn process that reads the file, validates it with the gateway's own "
-        "`validate_image` and hashes it (`ops/bench/bare.py`)."
+        "answered, and the next pass starts once every upload is `done` and copy-checked. The baseline: a "
+        "bare FastAPI endpoint in its own uvicorn process that reads the file, validates it with the "
+        "gateway's own `validate_image` and hashes it (`ops/bench/bare.py`).",
+        *_upload_cpu(d),
+    ]
+
+
+def _upload_cpu(d: dict[str, Any]) -> list[str]:
+    cpu = d.get("upload_cpu_ms_per_upload")
+    if not cpu:
+        return []
+    mesh = {k: v for k, v in cpu.items() if k != "bare"}
+    parts = ", ".join(f"{k} {v}" for k, v in mesh.items())
+    return [
+        f"  - where the CPU goes (ms of CPU per upload, from /proc, during the timed passes): the bare endpoint "
+        f"{cpu['bare']}; the mesh {round(sum(mesh.values()), 2)} in all: {parts} (Triton with its backend "
+        "stubs; the coordinator and Triton embed the uploads as they arrive, on the same cores)."
     ]
 
 

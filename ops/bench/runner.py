@@ -19,6 +19,7 @@ from actors.contract import MeshConfig
 from actors.settings import Settings
 from ops.bench import baseline, ingest, labels, upload
 from ops.bench import inference as inf
+from ops.bench.cpu import cpu_seconds, spent
 from ops.bench.data import cached_jpegs, photo_jpegs, sized_jpegs, tagged
 from ops.bench.plan import Plan
 from ops.bench.profile import Profiler
@@ -27,6 +28,8 @@ from ops.bench.stack import BenchStack
 from ops.bench.stats import Results, ratios
 
 BASELINE_PREFIX = "benchbase"  # the in-process baseline's index, beside the mesh's own
+# the processes whose CPU the upload step accounts for during the mesh's passes
+UPLOAD_CPU = ("gateway", "coordinator", "triton", "indexer", "config", "nats", "redis", "s3")
 __all__ = ["STEPS", "Results", "Runner"]
 
 
@@ -327,17 +330,33 @@ class Runner:
         self.res.details["upload_jpeg_kb_mean"] = round(float(np.mean([len(d) for d in images])) / 1024, 1)
         self.res.details["upload_active_model"] = (await self._config()).active_model
         bare, mesh = [], []
-        with upload.bare_server() as bare_url:
+        mesh_cpu: dict[str, float] = {}
+        bare_cpu = 0.0
+        with upload.bare_server() as (bare_url, bare_pid):
             for rep in range(p.reps):
+                before = cpu_seconds({"bare": bare_pid})
                 rate, _ = await upload.upload_rate(
                     bare_url, "/upload", images, f"bare-{rep}", p.upload_concurrency
                 )
+                bare_cpu += spent(before, cpu_seconds({"bare": bare_pid}))["bare"]
                 bare.append(rate)
+                pids = {n: pid for n in UPLOAD_CPU if (pid := self.bench.pid(n))}
+                before = cpu_seconds(pids)
                 rate, ids = await upload.upload_rate(
                     self.bench.base_url, "/images/upload", images, f"up-{rep}", p.upload_concurrency
                 )
+                for n, sec in spent(before, cpu_seconds(pids)).items():
+                    mesh_cpu[n] = mesh_cpu.get(n, 0.0) + sec
                 mesh.append(rate)
                 await upload.wait_processed(self.bench, ids)
+        uploads = p.reps * (len(images) + 1)  # each pass has a warm-up upload
+        self.res.details["upload_cpu_ms_per_upload"] = {
+            "bare": round(1000 * bare_cpu / uploads, 2),
+            **{
+                n: round(1000 * sec / uploads, 2)
+                for n, sec in sorted(mesh_cpu.items(), key=lambda kv: -kv[1])
+            },
+        }
         self.res.add("upload_bare_per_s", bare, "uploads/s")
         self.res.add("upload_mesh_per_s", mesh, "uploads/s")
         self.res.add("upload_ratio", ratios(mesh, bare))

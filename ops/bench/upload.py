@@ -19,15 +19,15 @@ import httpx
 import redis.asyncio as aioredis
 
 from ops.bench.data import tagged
-from ops.bench.ingest import wait_done
+from ops.bench.ingest import copy_checks_drained, wait_done
 from ops.bench.stack import BenchStack
 from ops.stack.ports import free_port
 from ops.stack.services import ROOT
 
 
 @contextmanager
-def bare_server(timeout_s: float = 60) -> Iterator[str]:
-    """The bare endpoint in its own uvicorn process; yields its base URL."""
+def bare_server(timeout_s: float = 60) -> Iterator[tuple[str, int]]:
+    """The bare endpoint in its own uvicorn process; yields its base URL and its pid."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops.bench.bare", str(port)], cwd=ROOT, start_new_session=True
@@ -44,7 +44,7 @@ def bare_server(timeout_s: float = 60) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the bare upload endpoint did not start")
             time.sleep(0.3)
-        yield url
+        yield url, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -80,10 +80,12 @@ async def upload_rate(
 
 
 async def wait_processed(bench: BenchStack, ids: list[str], timeout_s: float = 900) -> None:
-    """Wait until the coordinator has finished every one of these uploads (``done`` or ``error``)."""
+    """Wait until the coordinator has finished every one of these uploads (``done`` or ``error``) and the copy
+    checker has checked them (so that neither runs into the next baseline pass)."""
     r = aioredis.Redis.from_url(bench.settings.redis_server_url)
     try:
         errors = await wait_done(r, bench.settings.redis_prefix, ids, timeout_s)
+        await copy_checks_drained(r, bench.settings.redis_prefix, timeout_s)
     finally:
         await r.aclose()
     if errors:
