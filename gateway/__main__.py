@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from typing import Literal
 
@@ -33,12 +34,23 @@ async def serve(settings: Settings) -> None:
         servers.append(
             OwnSignalsServer(_config(admin_app, settings.host, settings.gateway_admin_port, "off"))
         )
+    # what the imports and the app built lives as long as the process: out of the collector's sight, a full
+    # collection scans only what came after, not ~150k objects (over 100 ms, paid by whichever request
+    # happens to trigger it). Collected first, so that no garbage is kept for good.
+    gc.collect()
+    gc.freeze()
     await asyncio.gather(*(s.serve() for s in servers))
 
 
 def _config(app: FastAPI, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, lifespan=lifespan
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,  # at "warning" its lines are dropped anyway; off, no request formats one first
+        timeout_graceful_shutdown=10,
+        lifespan=lifespan,
     )
 
 

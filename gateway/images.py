@@ -12,7 +12,7 @@ from gateway.deps import WRITE, Svc, require_api_key
 from gateway.errors import error_responses
 from gateway.intake import embed_bytes, read_limited, validate
 from gateway.metadata import parse_metadata
-from gateway.records import active_embedding, get_record, record_view
+from gateway.records import get_record, record_view, similar_hits
 from gateway.replies import EncodeReply, ImageRecordView, SimilarReply, UploadAccepted
 from gateway.upload import accept_upload
 
@@ -122,10 +122,7 @@ async def similar(
     cfg = await svc.config.get()
     filters = params.parse_filters(filter)
     size = params.page_size(k, offset, cfg)
-    model, vec = await active_embedding(svc, image_id, cfg.active_model)
-    hits = await svc.search.query(
-        model, vec, size, offset=offset, exclude_id=image_id, filters=filters, ef_runtime=cfg.ef_runtime
-    )
+    model, hits = await similar_hits(svc, image_id, cfg, size, offset, filters)
     return {
         "image_id": image_id,
         "model": model,

@@ -239,6 +239,11 @@ class WorkflowStore:
                 status, raw = await pipe.execute()
         return (None if status is None else Status(status.decode()), _vector(raw))
 
+    def status_and_embedding_keys(self, image_id: str, model: str) -> tuple[str, str]:
+        """The keys ``status_and_embedding`` reads (the record's hash, the vector): for a reader that reads
+        them in Redis itself (the vector index's search by a stored image, ``VectorIndex.similar_to_stored``)."""
+        return self._key(image_id), self._emb_key(model, image_id)
+
     async def delete(self, image_id: str, sha256: str | None = None) -> None:
         """Remove a record, its history, its embeddings and (when it owns it) its sha claim."""
         with _store_errors("delete"):

@@ -10,7 +10,9 @@ import time
 
 from ops.bench.cpu import cpu_seconds, spent
 
-BUSY = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.4: pass'); time.sleep(30)"
+BUSY = (
+    "import time; t = time.process_time(); exec('while time.process_time() - t < 0.4: pass'); time.sleep(30)"
+)
 
 
 def test_a_busy_process_is_counted() -> None:

@@ -13,6 +13,7 @@ The package, one seam a module (each imports only those above it):
   ``queries``  vector checks, the pre-filter, KNN and range queries, replies to ``Hit``s (pure)
   ``catalog``  ``IndexCatalog``: the client, the per-model indexes (create, cache, list, stats, drop)
   ``label_search``  ``LabelSearch``: the images that have any of some labels, ranked by their scores
+  ``stored``   ``StoredSearch``: KNN by an image's stored vector, its state checked, in one round trip
   ``adapter``  ``VectorIndex``: the documents (upsert, delete, scans) and the queries
 This module re-exports what callers use, so ``from actors.adapters.vector_index import VectorIndex`` holds.
 """
@@ -44,6 +45,7 @@ from actors.adapters.vector_index.queries import (
     filter_expression,
     score_to_distance,
 )
+from actors.adapters.vector_index.stored import StoredHits
 
 __all__ = [
     "ID_FIELD",
@@ -58,6 +60,7 @@ __all__ = [
     "IndexCatalog",
     "LabelHits",
     "LabelSearch",
+    "StoredHits",
     "VectorIndex",
     "as_vector",
     "check_image_id",

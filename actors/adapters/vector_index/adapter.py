@@ -2,7 +2,8 @@
 (KNN, range, batched neighbours), over the index lifecycle of ``IndexCatalog``.
 
 The similarity query is on the gateway's hot path: one ``FT.SEARCH`` round trip through redis-py straight
-(plus, at most once per ``LOADED_TTL_S`` per model, an ``FT.INFO`` while the index is not known loaded).
+(plus, at most once per ``LOADED_TTL_S`` per model, an ``FT.INFO`` while the index is not known loaded); by a
+stored image, one script that also reads its state and vector (``StoredSearch``, ``stored.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from redis.typing import EncodableT, FieldT
 from redisvl.query import VectorQuery, VectorRangeQuery
 
 from actors.adapters.redis_errors import redis_errors
-from actors.adapters.vector_index.label_search import LabelSearch
 from actors.adapters.vector_index.names import (
     ID_FIELD,
     LABEL_SCORES_FIELD,
@@ -33,6 +33,7 @@ from actors.adapters.vector_index.queries import (
     range_query,
     row_hits,
 )
+from actors.adapters.vector_index.stored import StoredSearch
 from actors.contract import Hit
 from actors.errors import PermanentError
 
@@ -43,7 +44,7 @@ class TooManyNeighbors(PermanentError):
     """A neighbor search that would return most of the index for every image: refused, not computed."""
 
 
-class VectorIndex(LabelSearch):
+class VectorIndex(StoredSearch):
     """Per-model vector indexes in Redis, their documents and queries; an async context manager."""
 
     # --- documents ---------------------------------------------------------------------------------------
@@ -174,10 +175,7 @@ class VectorIndex(LabelSearch):
         ``k + offset`` and slicing is exact. With ``min_score`` it is a range query instead: only images at
         least that similar (near-duplicates), still best first and paged the same way.
         """
-        if k < 1 or offset < 0 or k + offset > self.max_window:
-            raise PermanentError(f"need k >= 1, offset >= 0, k + offset <= {self.max_window}", code="bad_k")
-        if ef_runtime is not None and not 1 <= ef_runtime <= 100_000:
-            raise PermanentError("ef_runtime must be in 1..100000", code="bad_ef_runtime")
+        self.check_page(k, offset, ef_runtime)
         known = await self._index(model)
         if known is None:
             return []

@@ -200,7 +200,7 @@ class IndexCatalog:
         1 a KNN answer would silently miss images, so queries are refused (503, retry) instead. Checked at most
         once per ``LOADED_TTL_S`` per model, so the hot path pays nothing."""
         now = time.monotonic()
-        if self._loaded_at.get(model, -LOADED_TTL_S) + LOADED_TTL_S > now:
+        if self._loaded_recently(model, now):
             return
         info = await self._info(model)
         done = float(info.get("percent_indexed", 1.0)) if info else 1.0
@@ -209,3 +209,8 @@ class IndexCatalog:
                 f"the index of {model} is loading ({done:.0%} indexed)", code="index_loading"
             )
         self._loaded_at[model] = now
+
+    def _loaded_recently(self, model: str, now: float | None = None) -> bool:
+        """Whether the model's index was seen fully indexed less than ``LOADED_TTL_S`` ago (no check due)."""
+        at = time.monotonic() if now is None else now
+        return self._loaded_at.get(model, -LOADED_TTL_S) + LOADED_TTL_S > at

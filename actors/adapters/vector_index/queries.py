@@ -96,6 +96,36 @@ def knn_query(
     )
 
 
+def knn_command(
+    index_name: str,
+    window: int,
+    ef_runtime: int,
+    exclude_id: str | None = None,
+    filters: Mapping[str, str] | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """``knn_query``'s ``FT.SEARCH`` without its vector: the arguments (the index name, the query and its
+    options, as redis-py sends them) and the query parameters other than the vector, which a script in Redis
+    adds (``stored.py``). Built by ``knn_query`` itself, so the two cannot drift apart."""
+    q = knn_query(np.empty(0, np.float32), window, ef_runtime, exclude_id, filters)
+    params = {k: v for k, v in q.params.items() if k != VectorQuery.VECTOR_PARAM}
+    return [index_name, *q.get_args()], params
+
+
+def reply_hits(reply: Sequence[Any], offset: int, k: int) -> list[Hit]:
+    """The hits ``offset .. offset + k`` of a raw RESP2 ``FT.SEARCH`` reply of ``knn_command``'s query
+    (``[total, key, [field, value, ...], key, ...]``), as ``page_of_hits`` reads redis-py's documents."""
+    hits = []
+    for fields in reply[2::2][offset : offset + k]:
+        doc = {as_text(name): value for name, value in zip(fields[::2], fields[1::2], strict=True)}
+        hits.append(
+            Hit(
+                image_id=str(as_text(doc[ID_FIELD])),
+                score=distance_to_score(doc[VectorQuery.DISTANCE_ID]),
+            )
+        )
+    return hits
+
+
 def range_query(
     vector: np.ndarray,
     window: int,
