@@ -1,4 +1,5 @@
-"""``python -m actors <name>``: run one actor process (coordinator, config or indexer)."""
+"""``python -m actors <name>``: run one actor process (coordinator, config or indexer; ``worker``: the Temporal
+worker that replaces the coordinator when ``MESH_WORKFLOW_ENGINE=temporal``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import sys
 
 from actors import runtime
 
-ACTORS = {"coordinator": "actors.coordinator", "config": "actors.config_actor", "indexer": "actors.indexer"}
+ACTORS = {
+    "coordinator": "actors.coordinator",
+    "config": "actors.config_actor",
+    "indexer": "actors.indexer",
+    "worker": "actors.temporal_worker",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from functools import partial
 
 import msgspec
@@ -25,44 +25,23 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
-from actors import contract, model_switch
-from actors.adapters.config_client import ConfigClient
-from actors.adapters.copy_pairs import CopyPairs
-from actors.adapters.embedder import Embedder
-from actors.adapters.events import Events
-from actors.adapters.index_client import IndexClient
+from actors import contract
 from actors.adapters.job_queue import JobQueue
-from actors.adapters.object_store import ObjectStore
-from actors.adapters.redis_client import redis_client
-from actors.adapters.vector_index import VectorIndex
-from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import (
-    CoordinatorStatus,
-    CoordinatorStatusRequest,
-    DeadLetter,
-    ModelSwitchRequest,
-    ProcessJob,
-    ReconcileRequest,
-    ReprocessRequest,
-)
-from actors.copy_check import CopyChecker
-from actors.decode_budget import DecodeBudget, release_freed_memory_promptly
+from actors.contract import CoordinatorStatus, CoordinatorStatusRequest, DeadLetter, ProcessJob
 from actors.delivery import Action, Decision, decide
 from actors.errors import MeshError
 from actors.fetching import NATS_ERRORS, Slots, ensure_consumer, fetch_jobs
 from actors.outage import OUTAGE_POLICY, OutagePolicy, through_outages
-from actors.reconciler import reconciler_for
 from actors.recorder import job_provenance, recording
-from actors.reprocess import Replay
-from actors.runtime import ActorProcess, typed
+from actors.runtime import ActorProcess
 from actors.settings import Settings
 from actors.streams import coordinator_consumer
+from actors.worker_parts import beating, open_parts, serve
 from actors.workflow import ConfigSource, Pipeline
 
 log = structlog.get_logger("coordinator")
 
 ACK_WAIT_S = 30.0
-HEARTBEAT_S = 10.0
 GIVE_UP_RETRY_S = 5.0  # the error could not be recorded: deliver the job again after this long
 PENDING = Gauge("mesh_jobs_pending", "Jobs waiting in the coordinator's durable consumer")
 
@@ -145,7 +124,7 @@ class Coordinator:
         # every history entry of this delivery says so: the job's cause and attempt, the delivery, the job's seq
         why = job_provenance(job, delivered, msg.metadata.sequence.stream)
         with recording(why):
-            async with _beating(heartbeat), self._one_run_at_a_time(job.image_id):
+            async with beating(heartbeat), self._one_run_at_a_time(job.image_id):
                 try:
                     attempt = partial(self.pipeline.process, job, heartbeat)
                     await through_outages(
@@ -241,24 +220,6 @@ async def _in_progress(msg: Msg) -> None:
         await msg.in_progress()
 
 
-@contextlib.asynccontextmanager
-async def _beating(heartbeat: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    """In-progress acks every ``HEARTBEAT_S`` while the block runs."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            await heartbeat()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _settle(op: Awaitable[None], what: str) -> None:
     """Ack, nak or term; if NATS is away the job is simply delivered again (steps are idempotent)."""
     try:
@@ -273,84 +234,14 @@ async def main(settings: Settings) -> None:
         proc = await stack.enter_async_context(
             ActorProcess("coordinator", settings, settings.coordinator_http_port)
         )
-        config = await stack.enter_async_context(ConfigClient.from_settings(proc.nc, settings))  # a KV watch
-        redis_url = settings.redis_url_for("coordinator")  # its own ACL user (ops/stack/privileges.py)
-        store = WorkflowStore(redis_url, settings.redis_prefix)
-        stack.push_async_callback(store.close)
-        embedder = Embedder(settings.triton_grpc_url, timeout_s=settings.triton_timeout_s)
-        stack.push_async_callback(embedder.close)
-        vectors = VectorIndex.from_settings(
-            settings, user="coordinator"
-        )  # read-only here: which images the new index holds
-        stack.push_async_callback(vectors.close)
-        switch_redis = redis_client(redis_url)
-        stack.push_async_callback(switch_redis.aclose)
-        copy_pairs = CopyPairs(switch_redis, settings.redis_prefix)
-        objects = await stack.enter_async_context(ObjectStore(settings, identity="coordinator"))
-        pipeline = Pipeline(
-            store=store,
-            events=Events(proc.nc),
-            objects=objects,
-            embedder=embedder,
-            index=IndexClient(proc.nc),
-            config=config,
-            decode_budget=DecodeBudget(settings.decode_budget_bytes),  # every decode of every job in flight
-            copy_queue=copy_pairs,  # a done image is queued for the copy checker
-        )
-        release_freed_memory_promptly()  # so that the process's RSS follows the decode budget
-        stack.callback(pipeline.close)
         js = proc.nc.jetstream()
-        coordinator = Coordinator(settings, js, pipeline, config)
-        replay = Replay(store, pipeline.recorder, JobQueue(js))
-        reconciler = reconciler_for(  # nothing stuck, nothing orphaned (actors/reconciler.py)
+        coordinator: Coordinator | None = None
+        parts = await open_parts(
+            stack,
+            proc,
             settings,
-            js=js,
-            redis=switch_redis,
-            config=config,
-            store=store,
-            recorder=pipeline.recorder,
-            vectors=vectors,
-            objects=objects,
-            index=IndexClient(proc.nc),
-            embedder=embedder,  # whether the active model labels images (the labels backfill)
-            copies=copy_pairs,  # queues images whose look-alikes were never verified
+            JobQueue(js),
+            busy=lambda: coordinator is not None and coordinator.in_flight > 0,
         )
-        checker = (
-            CopyChecker(  # verifies which look-alikes are copies, in the background (actors/copy_check.py)
-                pairs=copy_pairs,
-                records=store,
-                neighbors=vectors,
-                objects=objects,
-                config=config,
-                busy=lambda: coordinator.in_flight > 0,  # it yields to the jobs
-            )
-        )
-        switcher = model_switch.ModelSwitcher(
-            prefix=settings.redis_prefix,
-            redis=switch_redis,
-            js=js,
-            config=config,
-            store=store,
-            vectors=vectors,
-            embedder=embedder,
-        )
-        await proc.add_service(
-            contract.COORDINATOR_SERVICE,
-            "Runs the image workflow from durable jobs",
-            {
-                contract.COORDINATOR_STATUS: typed(coordinator.status, CoordinatorStatusRequest),
-                contract.COORDINATOR_REPROCESS: typed(replay.reprocess, ReprocessRequest),
-                # one full pass on demand (mesh reconcile)
-                contract.COORDINATOR_RECONCILE: typed(reconciler.reconcile, ReconcileRequest),
-                contract.MODELS_SWITCH: typed(switcher.request, ModelSwitchRequest),  # POST /models/switch
-            },
-        )
-        stop = asyncio.Event()
-        # a task that fails ends the group (and this process: supervisord restarts it); SIGTERM drains both
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(coordinator.run(stop), name="coordinator")
-            tg.create_task(switcher.run(stop), name="model-switch")  # actors/model_switch.py
-            tg.create_task(reconciler.run(stop), name="reconciler")  # actors/reconciler.py
-            tg.create_task(checker.run(stop), name="copy-check")  # actors/copy_check.py
-            await proc.stopped()
-            stop.set()
+        coordinator = Coordinator(settings, js, parts.pipeline, parts.config)
+        await serve(proc, parts, coordinator.status, coordinator.run)

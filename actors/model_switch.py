@@ -32,7 +32,6 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 import structlog
-from nats.js import JetStreamContext
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
 
@@ -113,7 +112,7 @@ class ModelSwitcher:
         *,
         prefix: str,
         redis: aioredis.Redis,
-        js: JetStreamContext,
+        jobs: JobQueue,
         config: ConfigClient,
         store: WorkflowStore,
         vectors: VectorIndex,
@@ -125,7 +124,7 @@ class ModelSwitcher:
         lease_s: float = LEASE_S,
     ) -> None:
         self.progress = SwitchProgress(redis, prefix)
-        self.jobs = JobQueue(js)
+        self.jobs = jobs  # JetStream's or Temporal's (actors/adapters/temporal_jobs.py)
         self.config = config
         self.store = store
         self.vectors = vectors

@@ -31,6 +31,7 @@ Heartbeat = Callable[[], Awaitable[None]]
 
 class WorkflowRecords(RecordStore, Protocol):
     async def set_embedding(self, model: str, image_id: str, vector: np.ndarray) -> None: ...
+    async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None: ...
 
 
 class ObjectReader(Protocol):

@@ -218,6 +218,7 @@ def reconciler_for(
     settings: Settings,
     *,
     js: JetStreamContext,
+    queue: JobQueue | None = None,
     redis: aioredis.Redis,
     config: ConfigSource,
     store: WorkflowStore,
@@ -240,7 +241,7 @@ def reconciler_for(
     repairer = Repairer(
         store=store,
         recorder=recorder,
-        queue=JobQueue(js),
+        queue=queue or JobQueue(js),  # the engine's (JetStream's or Temporal's)
         js=js,
         index=index,
         objects=objects,

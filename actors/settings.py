@@ -69,14 +69,37 @@ def package_version() -> str:
         return "unknown (not installed: pip install -e .)"
 
 
-class Settings(BaseSettings):
+# hide_input_in_errors: a refused value (an API key, or every credential a model check was given) must not
+# reach the start-up error and the logs
+_MODEL_CONFIG = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True, hide_input_in_errors=True)
+WorkflowEngine = Literal["jetstream", "temporal"]
+
+
+class EngineSettings(BaseSettings):
+    """Which workflow engine runs the image jobs (docs/OPERATIONS.md, "Choosing the workflow engine").
+
+    ``jetstream`` (the default): the coordinator pulls durable jobs from a JetStream stream. ``temporal``: the
+    gateway starts one Temporal workflow per image and a Temporal worker (``actors/temporal_worker.py``) runs
+    it in place of the coordinator; the local stack then also runs Temporal's dev server."""
+
+    model_config = _MODEL_CONFIG
+
+    workflow_engine: WorkflowEngine = "jetstream"
+    temporal_port: int = Field(7233, ge=1, le=65535)  # the dev server's frontend (gRPC)
+    temporal_ui_port: int = Field(8233, ge=1, le=65535)  # its web UI
+    temporal_http_port: int = Field(7243, ge=1, le=65535)  # its HTTP API
+    temporal_metrics_port: int = Field(7244, ge=1, le=65535)  # its Prometheus metrics
+    temporal_address: str | None = (
+        None  # host:port of a Temporal frontend; defaults to {host}:{temporal_port}
+    )
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "images"  # tests give themselves their own
+
+
+class Settings(EngineSettings):
     """All settings. Field ``x`` is read from ``MESH_X``."""
 
-    # hide_input_in_errors: a refused value (an API key, or every credential a model check was given) must
-    # not reach the start-up error and the logs
-    model_config = SettingsConfigDict(
-        env_prefix="MESH_", extra="ignore", frozen=True, hide_input_in_errors=True
-    )
+    model_config = _MODEL_CONFIG
 
     profile: Literal["local", "production"] = "local"
     data_dir: Path = Path("var")
@@ -209,6 +232,10 @@ class Settings(BaseSettings):
     @property
     def s3_server_url(self) -> str:
         return self.s3_endpoint or f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def temporal_server_address(self) -> str:
+        return self.temporal_address or f"{self.host}:{self.temporal_port}"
 
     @property
     def triton_grpc_url(self) -> str:

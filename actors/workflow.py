@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import numpy as np
 import structlog
 from prometheus_client import Counter
@@ -50,6 +51,18 @@ OUTCOMES = Counter("mesh_jobs_total", "Jobs finished, by outcome", ["outcome"])
 ERRORS = Counter("mesh_errors_total", "Pipeline errors, by code", ["code"])
 
 
+class Embedded(msgspec.Struct, frozen=True):
+    """What a new image's embed stage hands to its index and finish stages (the vectors themselves are in
+    the Workflow DB, ``WorkflowStore.set_embedding``)."""
+
+    models: list[str]  # the models it has a vector under, its own first
+    tags: dict[str, str]  # its index tags (metadata and the pipeline steps')
+    scores: dict[str, float]  # its label scores for the index
+    keys: dict[str, str]  # the record's fields naming its thumbnail and copy features
+    dim: int
+    started_at: float  # when its processing began (epoch seconds)
+
+
 class Pipeline(PipelineIO):
     """One image's workflow, from the stored object to the index."""
 
@@ -71,31 +84,80 @@ class Pipeline(PipelineIO):
             if rec.copy_check != COPY_CHECK_VERSION:  # a crash between done and the queue: queued now
                 await self._queue_copy_check(job.image_id)
             return _skipped(job, "already done")
+        embedded, vectors = await self.embed_new(job, rec, beat)
+        await self.index_new(job, embedded, beat, vectors)
+        return await self.finish_new(job, embedded)
+
+    # --- a new image's stages: one run of ``process`` here, three activities under Temporal -----------------
+    async def plan(self, job: ProcessJob) -> str:
+        """``stages`` when the job is a new image's (embed, index, finish), else ``process`` (a re-embed, or
+        nothing left to do: ``process`` says which)."""
+        rec = await self.store.get(job.image_id)
+        if rec is None or is_reembed(job, rec) or (rec.status == Status.DONE and rec.attempt >= job.attempt):
+            return "process"
+        return "stages"
+
+    async def embed_new(
+        self, job: ProcessJob, rec: ImageRecord, beat: Heartbeat
+    ) -> tuple[Embedded, dict[str, np.ndarray]]:
+        """Fetch, decode, the pipeline steps and the embedding under every planned model (state
+        ``processing``, then ``embedded``); the vectors are kept in the Workflow DB too."""
+        started = time.time()
         cfg = await self.config.get()
         # during a model switch a new image lands in both indexes: the one serving and the one being built
         models = job.models or planned_models(cfg)
-        started = time.perf_counter()
-
         await self._transition(job, Status.PROCESSING)
         data = await self._fetch(job)
         await beat()
         pixels, derived = await self._pixels(data, models, cfg.max_pixels)
         keys = await self._store_derived(job, derived)
         tags = await self._run_steps(job, rec, cfg, data, beat)
-        dim = await self._index_new_image(job, rec, cfg, models, pixels, tags, beat)
-        await self._transition(job, Status.INDEXED, model=models[0], **keys)
-        await self._transition(job, Status.DONE, error=None)
-        await self._queue_copy_check(job.image_id)  # its look-alikes are verified in the background
+        primary, *others = models
+        emb = await self._embed(job, primary, pixels[primary], beat)
+        dim = int(emb.vector.shape[-1])
+        async with stage("labels"):
+            labels = labels_of(emb, cfg)
+        extra = {} if labels is None else {"labels": labels}
+        await self._transition(job, Status.EMBEDDED, model=primary, embedding_dim=dim, **extra)
+        vectors = {primary: emb.vector}
+        for model in others:
+            vector = await self._embed_switch_model(job, model, pixels[model], beat)
+            if vector is not None:
+                vectors[model] = vector
+        scores = label_scores(rec.labels if labels is None else labels)
+        embedded = Embedded(
+            models=list(vectors), tags=tags, scores=scores, keys=keys, dim=dim, started_at=started
+        )
+        return embedded, vectors
 
-        elapsed = time.perf_counter() - started
+    async def index_new(
+        self,
+        job: ProcessJob,
+        embedded: Embedded,
+        beat: Heartbeat,
+        vectors: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Upsert the image's vectors (``vectors``, else the Workflow DB's copies); state ``indexed``."""
+        for model in embedded.models:
+            vector = vectors[model] if vectors else await self.store.get_embedding(model, job.image_id)
+            if vector is None:  # the Workflow DB lost it between the stages (a Redis failover)
+                raise PermanentError(f"the {model} vector of {job.image_id} is gone; replay the image")
+            await self._upsert(job, model, vector, embedded.tags, embedded.scores, beat)
+        await self._transition(job, Status.INDEXED, model=embedded.models[0], **embedded.keys)
+
+    async def finish_new(self, job: ProcessJob, embedded: Embedded) -> str:
+        """State ``done``; the image is queued for the copy checker (its look-alikes, in the background)."""
+        await self._transition(job, Status.DONE, error=None)
+        await self._queue_copy_check(job.image_id)
+        elapsed = time.time() - embedded.started_at
         STAGE_SECONDS.labels("total").observe(elapsed)
         OUTCOMES.labels("done").inc()
         log.info(
             "image.done",
             image_id=job.image_id,
             trace_id=job.trace_id,
-            models=models,
-            dim=dim,
+            models=embedded.models,
+            dim=embedded.dim,
             ms=round(elapsed * 1000, 1),
         )
         return "done"
@@ -123,57 +185,23 @@ class Pipeline(PipelineIO):
         await beat()
         return metadata_tags(metadata) | added.tags
 
-    async def _index_new_image(
-        self,
-        job: ProcessJob,
-        rec: ImageRecord,
-        cfg: MeshConfig,
-        models: list[str],
-        pixels: dict[str, np.ndarray],
-        tags: dict[str, str],
-        beat: Heartbeat,
-    ) -> int:
-        """Embed and index under the first model (the image's own), then under the others; returns the dim.
+    async def _embed_switch_model(
+        self, job: ProcessJob, model: str, pixels: np.ndarray, beat: Heartbeat
+    ) -> np.ndarray | None:
+        """The dual-model case: the vector under the model a switch is building too.
 
-        The first model's classifier, if it has one, labels the image (recorded with ``embedded``); otherwise
-        the labels the record has already (from an earlier model) go into the index."""
-        primary, *others = models
-        emb = await self._embed(job, primary, pixels[primary], beat)
-        dim = int(emb.vector.shape[-1])
-        async with stage("labels"):
-            labels = labels_of(emb, cfg)
-        extra = {} if labels is None else {"labels": labels}
-        await self._transition(job, Status.EMBEDDED, model=primary, embedding_dim=dim, **extra)
-        scores = label_scores(rec.labels if labels is None else labels)
-        await self._upsert(job, primary, emb.vector, tags, scores, beat)
-        for model in others:
-            await self._index_switch_model(job, model, pixels[model], tags, scores, beat)
-        return dim
-
-    async def _index_switch_model(
-        self,
-        job: ProcessJob,
-        model: str,
-        pixels: np.ndarray,
-        tags: dict[str, str],
-        scores: dict[str, float],
-        beat: Heartbeat,
-    ) -> None:
-        """The dual-model case: also index under the model a switch is building.
-
-        If that model fails on this image, the image still serves under the active one: a history note, and
-        the switcher sees the missing vector (and a bad ``next_model`` is cancelled by it). A job that names
-        its models explicitly needs every one of them, so there the error stands.
+        If that model fails on this image, the image still serves under the active one (None): a history
+        note, and the switcher sees the missing vector (and a bad ``next_model`` is cancelled by it). A job
+        that names its models explicitly needs every one of them, so there the error stands.
         """
         try:
-            emb = await self._embed(job, model, pixels, beat)
+            return (await self._embed(job, model, pixels, beat)).vector
         except PermanentError as e:
             if job.models:
                 raise
             await self.recorder.note(job.image_id, "embed", model=model, error=e.message)
             log.warning("image.extra_model_failed", image_id=job.image_id, model=model, error=e.message)
-            return
-        await self._upsert(job, model, emb.vector, tags, scores, beat)
+            return None
 
     async def _reembed(self, job: ProcessJob, rec: ImageRecord, beat: Heartbeat) -> str:
         """Add the vectors of ``job.models`` to a done image: no state change, no history entry.

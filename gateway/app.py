@@ -25,10 +25,10 @@ from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
-from actors.adapters.job_queue import JobQueue
 from actors.adapters.object_store import ObjectStore
 from actors.adapters.record_index import RecordIndex
 from actors.adapters.redis_client import redis_client
+from actors.adapters.temporal_jobs import job_queue_for
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.decode_budget import DecodeBudget
@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
                 embedder=embedder,
                 events=Events(nc),
                 intents=intents,
-                jobs=JobQueue(nc.jetstream()),
+                jobs=job_queue_for(settings, nc.jetstream()),  # JetStream's or Temporal's
                 admission=Admission(nc, listing, settings, objects),
                 decode_budget=DecodeBudget(settings.decode_budget_bytes),
                 records=RecordIndex(listing, settings.redis_prefix),

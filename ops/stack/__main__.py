@@ -17,7 +17,14 @@ def addresses(s: Settings) -> str:
     return "\n".join(
         [
             f"  gateway      http://{h}:{s.gateway_port}   (web page /, API docs /docs, metrics /metrics)",
-            f"  coordinator  http://{h}:{s.coordinator_http_port}/health  /metrics",
+            *(
+                [
+                    f"  worker       http://{h}:{s.coordinator_http_port}/health  /metrics   (Temporal's, for the coordinator)",
+                    f"  temporal     {s.temporal_server_address}   web UI http://{h}:{s.temporal_ui_port}",
+                ]
+                if s.workflow_engine == "temporal"
+                else [f"  coordinator  http://{h}:{s.coordinator_http_port}/health  /metrics"]
+            ),
             f"  config       http://{h}:{s.config_http_port}/config  /health  /metrics",
             f"  indexer      http://{h}:{s.indexer_http_port}/health  /metrics",
             f"  nats         nats://{h}:{s.nats_port}   monitoring http://{h}:{s.nats_monitor_port}",

@@ -21,6 +21,10 @@ PORT_FIELDS = (
     "coordinator_http_port",
     "config_http_port",
     "indexer_http_port",
+    "temporal_port",
+    "temporal_ui_port",
+    "temporal_http_port",
+    "temporal_metrics_port",
 )
 WEED_PORTS = 12  # SeaweedFS's internal listeners (ops.stack.services.weed_ports) take a block
 

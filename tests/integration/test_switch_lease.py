@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from nats.aio.client import Client
 
 from actors.adapters.config_client import ConfigClient
+from actors.adapters.job_queue import JobQueue
 from actors.adapters.switch_progress import Progress, SwitchProgress, SwitchState
 from actors.model_switch import ModelSwitcher, lease_key
 from actors.settings import Settings
@@ -31,7 +32,7 @@ def replica(redis: aioredis.Redis, prefix: str) -> ModelSwitcher:
     return ModelSwitcher(
         prefix=prefix,
         redis=redis,
-        js=Client().jetstream(),
+        jobs=JobQueue(Client().jetstream()),
         config=ConfigClient(Client()),
         store=None,  # type: ignore[arg-type]
         vectors=None,  # type: ignore[arg-type]

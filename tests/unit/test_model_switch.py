@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client
 
+from actors.adapters.job_queue import JobQueue
 from actors.adapters.switch_progress import (
     Progress,
     SwitchProgress,
@@ -165,7 +166,7 @@ def switcher(config: FakeConfig) -> ModelSwitcher:
     return ModelSwitcher(
         prefix="test",
         redis=aioredis.Redis(),
-        js=Client().jetstream(),
+        jobs=JobQueue(Client().jetstream()),
         config=config,  # type: ignore[arg-type]
         store=None,  # type: ignore[arg-type]
         vectors=None,  # type: ignore[arg-type]

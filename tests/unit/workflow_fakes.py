@@ -78,6 +78,9 @@ class FakeStore:
     async def set_embedding(self, model: str, image_id: str, vector: np.ndarray) -> None:
         self.embeddings[(model, image_id)] = vector
 
+    async def get_embedding(self, model: str, image_id: str) -> np.ndarray | None:
+        return self.embeddings.get((model, image_id))
+
     async def ids_in_status(self, status: Status, limit: int = 10_000) -> list[str]:
         return [i for i, r in self.records.items() if r.status == status][:limit]
 
