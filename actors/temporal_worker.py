@@ -34,6 +34,7 @@ from actors.adapters.job_queue import JobQueue
 from actors.adapters.temporal_jobs import TemporalJobQueue, connect_temporal
 from actors.contract import CoordinatorStatus, CoordinatorStatusRequest, DeadLetter, ProcessJob
 from actors.delivery import Action, decide
+from actors.fetching import IN_FLIGHT
 from actors.outage import OUTAGE_POLICY, OutagePolicy, through_outages
 from actors.recorder import job_provenance, recording
 from actors.runtime import ActorProcess
@@ -130,6 +131,7 @@ class Activities:
             return await step(pj, _heartbeat)
 
         self.in_flight += 1
+        IN_FLIGHT.inc()  # the coordinator's gauge, on the same port: autoscalers and tests read one name
         try:
             with recording(job_provenance(pj, attempt)):
                 async with beating(_heartbeat):
@@ -152,6 +154,7 @@ class Activities:
             raise ApplicationError(decision.reason, attempt, type="retry", next_retry_delay=delay) from e
         finally:
             self.in_flight -= 1
+            IN_FLIGHT.dec()
 
 
 async def _heartbeat() -> None:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors import contract
+from actors.adapters.temporal_jobs import TemporalJobQueue
 from actors.errors import MeshError
 from actors.settings import package_version
 from gateway.deps import Services, services
@@ -89,6 +90,7 @@ async def status(request: Request) -> MeshStatus:
     cfg = await svc.config.get()
     body: MeshStatus = {
         "version": package_version(),
+        "workflow_engine": svc.settings.workflow_engine,
         "servers": {name: problems.get(name, "ok") for name in ("nats", "redis", "s3")},
         "services": await _micro_services(svc),
         "active_model": cfg.active_model,
@@ -113,6 +115,8 @@ async def status(request: Request) -> MeshStatus:
         body["resources"] = {k: _builtins(u) for k, u in (await svc.admission.usage(cfg)).items()}
     except MeshError as e:
         body["resources"] = {"error": e.message}
+    if isinstance(svc.jobs, TemporalJobQueue):  # the worker answers as the coordinator service
+        body["servers"]["temporal"] = await svc.jobs.health()
     for name in (contract.CONFIG_SERVICE, contract.INDEXER_SERVICE, contract.COORDINATOR_SERVICE):
         body["services"].setdefault(name, 0)
     return body

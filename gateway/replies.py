@@ -252,10 +252,12 @@ class Readiness(TypedDict):
 
 
 class MeshStatus(TypedDict):
-    """`GET /status`: the release, each server, each actor service's instances, the active index, Triton's
-    models, and each refusable resource (`used`, `limit` where uploads are refused, 0: none, `unit`)."""
+    """`GET /status`: the release, the workflow engine (`jetstream` or `temporal`: then `servers` has
+    `temporal` too), each server, each actor service's instances, the active index, Triton's models, and
+    each refusable resource (`used`, `limit` where uploads are refused, 0: none, `unit`)."""
 
     version: str
+    workflow_engine: str
     servers: dict[str, str]
     services: dict[str, int]
     active_model: str

@@ -8,6 +8,7 @@ Helpers (uploads, waits, settings) live in ``tests/helpers.py``: import them fro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -17,6 +18,13 @@ from ops.stack.supervisor import Stack
 from tests.helpers import ops_connection, s3_client, test_settings
 
 __all__ = ["free_port", "free_port_block", "s3_client", "test_settings"]  # older imports from here
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository for the session's whole-mesh stacks (tests/e2e, tests/temporal), exported once:
+    EfficientNet-Lite0 (real weights) and a small random CLIP."""
+    return tmp_path_factory.mktemp("model_repository")
 
 
 @pytest.fixture

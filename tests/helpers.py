@@ -125,6 +125,30 @@ async def wait_consumer_idle(nc: Client, stream: str, consumer: str, timeout_s: 
         await asyncio.sleep(0.2)
 
 
+def jobs_service(settings: Settings) -> str:
+    """The stack's service that runs the image jobs: the coordinator, or Temporal's worker in its place."""
+    return "worker" if settings.workflow_engine == "temporal" else "coordinator"
+
+
+async def wait_jobs_idle(nc: Client, settings: Settings, timeout_s: float = 90.0) -> None:
+    """Until every queued job has run to its end: the coordinator's consumer is idle (JetStream), or no image
+    workflow is open (Temporal)."""
+    if settings.workflow_engine != "temporal":
+        await wait_consumer_idle(nc, settings.stream, settings.consumer, timeout_s)
+        return
+    from temporalio.client import Client as TemporalClient
+
+    temporal = await TemporalClient.connect(
+        settings.temporal_server_address, namespace=settings.temporal_namespace
+    )
+    query = f"ExecutionStatus='Running' AND TaskQueue='{settings.temporal_task_queue}'"
+    await wait_until("no image workflow open", lambda: _no_open_workflows(temporal, query), timeout_s)
+
+
+async def _no_open_workflows(temporal: Any, query: str) -> bool:
+    return int((await temporal.count_workflows(query)).count) == 0
+
+
 async def wait_status(
     client: httpx.AsyncClient,
     image_ids: Collection[str],

@@ -79,6 +79,15 @@ class TemporalJobQueue(JobQueue):
                 self._client = await self._connect()
             return self._client
 
+    async def health(self) -> str:
+        """``ok``, or what is wrong with Temporal's frontend (``GET /status``)."""
+        try:
+            client = await self.client()
+            healthy = await client.service_client.check_health(timeout=timedelta(seconds=2))
+        except Exception as e:  # broad on purpose: the status page shows whatever went wrong
+            return f"down: {type(e).__name__}: {e}"
+        return "ok" if healthy else "down: not serving"
+
     async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> Published:
         """Start the image's workflow; ``duplicate`` when one of that image runs already (``msg_id`` is
         JetStream's de-duplication key and has no meaning here: the workflow id is)."""

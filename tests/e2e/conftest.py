@@ -18,12 +18,6 @@ __all__ = ["chromium", "console_errors", "page", "upload", "wait_status"]
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository for the session: EfficientNet-Lite0 (real weights) and a small random CLIP."""
-    return tmp_path_factory.mktemp("model_repository")
-
-
-@pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     with running_stack(
         tmp_path_factory.mktemp("mesh"), model_repository=models_dir, models="efficientnet_lite0,clip"

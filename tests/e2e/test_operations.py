@@ -23,7 +23,7 @@ from actors.adapters.config_client import ConfigClient
 from actors.adapters.object_store import ObjectStore, object_key
 from actors.settings import Settings
 from ops.stack.supervisor import Stack, settings_env
-from tests.helpers import upload, upload_id, wait_consumer_idle, wait_status
+from tests.helpers import jobs_service, upload, upload_id, wait_consumer_idle, wait_status
 from tests.images import distinct_jpegs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,14 +151,15 @@ async def test_replay_brings_an_errored_image_to_done(
     before = await config.get()
     started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     data = distinct_jpegs(1, seed=7101)[0]
-    mesh.stop_service("coordinator")  # the job waits while its object disappears behind the pipeline's back
+    jobs = jobs_service(settings)  # the coordinator, or Temporal's worker in its place
+    mesh.stop_service(jobs)  # the job waits while its object disappears behind the pipeline's back
     try:
         await config.set("max_deliver", 2)
         await config.set("backoff_s", [0.2])
         image_id = await upload_id(client, data)
         async with ObjectStore(settings) as objects:
             await objects.delete(object_key(image_id))
-            mesh.start_service("coordinator")
+            mesh.start_service(jobs)
             rec = (await wait_status(client, [image_id], {"error", "done"}, timeout_s=90))[image_id]
             assert rec["status"] == "error" and rec["error"]["code"] == "object_missing", rec
 
@@ -189,8 +190,8 @@ async def test_replay_brings_an_errored_image_to_done(
         await config.set("max_deliver", before.max_deliver)
         await config.set("backoff_s", before.backoff_s)
         # the coordinator wrote max_deliver into its durable consumer at start: start it again on the old one
-        mesh.stop_service("coordinator")
-        mesh.start_service("coordinator")
+        mesh.stop_service(jobs)
+        mesh.start_service(jobs)
 
 
 # --- internal consumers -----------------------------------------------------------------------------------

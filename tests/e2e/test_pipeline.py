@@ -14,7 +14,7 @@ import redis
 from actors import contract
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.helpers import upload, wait_status
+from tests.helpers import jobs_service, upload, wait_status
 from tests.images import distinct_jpegs, sibling_set
 
 RECORD_FIELDS = {
@@ -158,7 +158,7 @@ async def test_unknown_is_404_and_similar_before_indexing_is_409(
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await client.get("/images/does-not-exist/similar")).status_code == 404
 
-    mesh.stop_service("coordinator")  # work queues up while no coordinator runs
+    mesh.stop_service(jobs_service(mesh.settings))  # work queues up while no coordinator runs
     try:
         r = await upload(client, distinct_jpegs(1, seed=404)[0])
         assert r.status_code == 202
@@ -166,7 +166,7 @@ async def test_unknown_is_404_and_similar_before_indexing_is_409(
         r = await client.get(f"/images/{image_id}/similar")
         assert r.status_code == 409 and r.json()["error"]["code"] == "not_indexed"
     finally:
-        mesh.start_service("coordinator")
+        mesh.start_service(jobs_service(mesh.settings))
     await wait_status(client, [image_id], {"done"})
     assert (await client.get(f"/images/{image_id}/similar")).status_code == 200
 

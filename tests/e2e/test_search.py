@@ -30,7 +30,7 @@ from actors.contract import MeshConfig
 from actors.duplicates import pair_set
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
-from tests.helpers import s3_client, upload, wait_consumer_idle, wait_status, wait_until
+from tests.helpers import jobs_service, s3_client, upload, wait_jobs_idle, wait_status, wait_until
 from tests.images import distinct_jpegs, jpeg, photo, sibling_set
 
 DEFAULT_MODEL, CLIP_IMAGE, CLIP_TEXT = "efficientnet_lite0", "clip_image", "clip_text"
@@ -542,17 +542,18 @@ async def test_a_queued_job_does_not_resurrect_a_deleted_image(
     client: httpx.AsyncClient, settings: Settings, mesh: Stack, ops_nc: Client
 ) -> None:
     p = settings.redis_prefix
-    mesh.stop_service("coordinator")
+    mesh.stop_service(jobs_service(settings))
     try:
         r = await upload(client, distinct_jpegs(1, seed=1102)[0])
         assert r.status_code == 202
         image_id = r.json()["image_id"]
         assert (await client.delete(f"/images/{image_id}")).status_code == 204
     finally:
-        mesh.start_service("coordinator")
+        mesh.start_service(jobs_service(settings))
 
     # the coordinator has taken and acknowledged every queued job, this one included: it acks a job last
-    await wait_consumer_idle(ops_nc, settings.stream, settings.consumer)
+    # (under Temporal: every image workflow has closed)
+    await wait_jobs_idle(ops_nc, settings)
     assert (await client.get(f"/images/{image_id}")).status_code == 404
     assert redis_keys(settings, f"{p}:*{image_id}*") == []
     assert image_id not in indexed_ids(settings, DEFAULT_MODEL)
