@@ -56,7 +56,7 @@ class ImageWorkflow:
         retry = RetryPolicy(initial_interval=FIRST_RETRY, maximum_attempts=max(attempts, 1))
         try:
             plan = await self._step(PLAN, [job], retry, str)
-            if plan != "steps":  # a re-embed, or nothing left to do: one activity
+            if plan != "stages":  # a re-embed, or nothing left to do: one activity
                 return await self._step(PROCESS, [job], retry, str)
             embedded = await self._step(EMBED, [job], retry, str)
             await self._step(INDEX, [job, embedded], retry, str)
