@@ -20,10 +20,12 @@ from typing import Any
 
 import boto3
 import httpx
+import nats.errors
 from botocore.config import Config
 from nats.aio.client import Client
 from nats.js.api import ConsumerInfo
 
+from actors import contract
 from actors.runtime import connect_nats
 from actors.settings import Settings
 from ops.stack.ports import private_settings
@@ -143,6 +145,29 @@ async def wait_jobs_idle(nc: Client, settings: Settings, timeout_s: float = 90.0
     )
     query = f"ExecutionStatus='Running' AND TaskQueue='{settings.temporal_task_queue}'"
     await wait_until("no image workflow open", lambda: _no_open_workflows(temporal, query), timeout_s)
+
+
+async def jobs_of(nc: Client, settings: Settings, image_id: str) -> int:
+    """How many jobs the engine took for an image: the work stream's messages for it (JetStream), or its
+    workflow runs (Temporal)."""
+    if settings.workflow_engine == "temporal":
+        from temporalio.client import Client as TemporalClient
+
+        temporal = await TemporalClient.connect(
+            settings.temporal_server_address, namespace=settings.temporal_namespace
+        )
+        return len([w async for w in temporal.list_workflows(f"WorkflowId='image-{image_id}'")])
+    sub = await nc.jetstream().subscribe(contract.JOBS_SUBJECT, ordered_consumer=True)
+    jobs = 0
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=1)
+            jobs += contract.decode(msg.data, contract.ProcessJob).image_id == image_id
+    except nats.errors.TimeoutError:  # the stream's end
+        pass
+    finally:
+        await sub.unsubscribe()
+    return jobs
 
 
 async def _no_open_workflows(temporal: Any, query: str) -> bool:

@@ -124,7 +124,7 @@ async def test_a_give_up_is_an_error_record_a_dead_letter_and_a_failed_workflow(
         contract.COORDINATOR_STATUS, contract.encode(CoordinatorStatusRequest()), timeout=10
     )
     status = contract.decode(reply.data, CoordinatorStatus)
-    assert status.failed >= 1 and status.processed >= 1 and status.pending >= 0
+    assert status.failed >= 1 and status.pending >= 0  # this worker's counts (it was started in this test)
 
 
 async def test_a_worker_killed_while_it_holds_jobs_loses_none(
@@ -148,8 +148,8 @@ async def test_a_worker_killed_while_it_holds_jobs_loses_none(
     pid = mesh.pids()["worker"]
     assert pid
     os.kill(pid, signal.SIGKILL)
-    before_kill_done = sum((await client.get(f"/images/{i}")).json()["status"] == "done" for i in ids)
-    assert before_kill_done < len(ids), "every image was done before the kill: it hit no work in flight"
+    statuses = [(await client.get(f"/images/{i}")).json()["status"] for i in ids]
+    assert statuses.count("done") < len(ids), "every image was done at the kill: it hit no work in flight"
     await wait_until("the worker restarted", lambda: mesh.pids().get("worker") not in (None, pid), 60)
     # its activities' heartbeats stop: after the heartbeat timeout Temporal runs them on the new worker
     records = await wait_status(client, ids, {"done"}, timeout_s=240)
