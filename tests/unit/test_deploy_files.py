@@ -383,14 +383,18 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?:(:\?|:-)([^}]*))?\}", sub, value)
 
 
-@pytest.mark.parametrize("name", [*APP_SERVICES, "bootstrap"])
+@pytest.mark.parametrize("name", [*APP_SERVICES, "bootstrap", "worker"])
 def test_app_environment_passes_the_production_settings_check(
     name: str, services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from actors.settings import Settings
 
     example = (ROOT / ".env.example").read_text()
-    dotenv = {k: f"{k.lower()}-secret" for k in re.findall(r"^(\w+)=", example, flags=re.M)}
+    # every secret a value of its own; the choices (COMPOSE_PROFILES, MESH_WORKFLOW_ENGINE) as the example has them
+    dotenv = {
+        k: f"{k.lower()}-secret" if v.startswith("change-me") else v
+        for k, v in re.findall(r"^(\w+)=(.*)$", example, flags=re.M)
+    }
     for key in list(Settings.model_fields):
         monkeypatch.delenv(f"MESH_{key.upper()}", raising=False)
     for key, value in services[name]["environment"].items():
@@ -408,8 +412,46 @@ def test_app_environment_passes_the_production_settings_check(
     if name == "bootstrap":  # puts the bucket policy as the operators' S3 identity
         assert s.s3_credentials("ops") == ("mesh_s3_access_key-secret", "mesh_s3_secret_key-secret")
     assert s.nats_server_url == "nats://nats:4222"
-    user = "ops" if name == "bootstrap" else name
+    user = {"bootstrap": "ops", "worker": "coordinator"}.get(name, name)  # the worker is the coordinator's
     assert s.nats_password(user) == f"mesh_nats_password_{user}-secret"
+    if name == "worker":
+        assert s.workflow_engine == "temporal" and s.temporal_server_address == "temporal:7233"
+        assert s.redis_url_for("coordinator").startswith(
+            "redis://coordinator:mesh_redis_password_coordinator-secret@"
+        )
+
+
+def test_the_workflow_engine_is_a_profile_chosen_in_env(compose: dict[str, Any]) -> None:
+    """jetstream: the coordinator; temporal: Temporal's own server image on PostgreSQL, its UI on loopback,
+    and the worker in the coordinator's place; .env.example picks jetstream for both switches."""
+    services = compose["services"]
+    profiles = {name: svc.get("profiles", []) for name, svc in services.items()}
+    assert profiles["coordinator"] == ["jetstream"]
+    assert {n for n, p in profiles.items() if p == ["temporal"]} == {
+        "temporal-db",
+        "temporal",
+        "temporal-ui",
+        "worker",
+    }
+    assert all(
+        not p
+        for n, p in profiles.items()
+        if n not in {"coordinator", "temporal-db", "temporal", "temporal-ui", "worker"}
+    )
+    assert services["temporal"]["image"].startswith("temporalio/")
+    assert services["temporal"]["environment"]["DB"].startswith("postgres")
+    assert services["temporal-db"]["image"].startswith("postgres:")
+    assert "temporal-db-data" in compose["volumes"]
+    assert published(services["temporal-ui"]) == [("127.0.0.1", "8080")]
+    worker = services["worker"]
+    assert (
+        worker["command"] == ["python", "-m", "actors", "worker"]
+        and worker["build"] == services["gateway"]["build"]
+    )
+    assert worker["environment"]["MESH_WORKFLOW_ENGINE"] == "temporal"
+    assert worker["depends_on"]["temporal"] == {"condition": "service_healthy"}
+    example = dict(re.findall(r"^(\w+)=(.*)$", (ROOT / ".env.example").read_text(), flags=re.M))
+    assert example["COMPOSE_PROFILES"] == "jetstream" and example["MESH_WORKFLOW_ENGINE"] == "jetstream"
 
 
 def test_alert_rules_warn_before_each_admission_refusal() -> None:
