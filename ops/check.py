@@ -6,7 +6,8 @@ Walks every source the reconciler walks (``actors/reconcile_scan.py``: upload in
 originals), whole, and counts every anomaly it would repair (``actors/reconcile_rules.py``: pending without
 job, stuck, orphaned object, done without vector, vector without record, stale intent) plus two it cannot:
 images with two ``done`` entries caused by the same delivery of the same job, and (model, image) pairs with
-more than one vector. ``--grace`` overrides the Config DB's ``reconcile_grace_s`` (what is younger is work in
+more than one vector; under Temporal, workflows open past their retry policy and images whose workflow failed
+without an ``error`` record (``ops/check_temporal.py``). ``--grace`` overrides the Config DB's ``reconcile_grace_s`` (what is younger is work in
 flight, not an anomaly). Exit 0: no anomaly; 1: some; 4: a store does not answer; 2: bad settings.
 
 Runs as an operator with the stack's ``MESH_*`` settings: NATS as the ``ops`` user (the config, the work
@@ -39,6 +40,7 @@ from actors.reconcile_rules import Kind, indexed_twice, policy_for
 from actors.reconcile_scan import START, Inspector, Source, StreamJobs
 from actors.rpc import call
 from actors.settings import Settings
+from ops.check_temporal import temporal_anomalies
 
 EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 4
 BATCH = 500
@@ -52,6 +54,14 @@ class Report:
     grace_s: float
     seconds: float = 0.0
     examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, found: dict[str, list[str]], source: str, scanned: int) -> None:
+        """Count another source's anomalies (each kind's images) into the report."""
+        self.scanned[source] = scanned
+        for kind, ids in found.items():
+            self.anomalies[kind] = len(ids)
+            if ids:
+                self.examples[kind] = ids[:EXAMPLES]
 
     @property
     def total(self) -> int:
@@ -139,7 +149,12 @@ async def report_for(settings: Settings, nc: Client, grace_s: float | None = Non
                 intents=IntentTable(redis, settings.redis_prefix),
                 jobs=StreamJobs(nc.jetstream(), settings.stream, settings.consumer),
             )
-            return await check(inspector, vectors, cfg, grace_s, labelled=labelled)
+            report = await check(inspector, vectors, cfg, grace_s, labelled=labelled)
+            if settings.workflow_engine == "temporal":  # the engine's side (ops/check_temporal.py)
+                policy = policy_for(cfg, await inspector.jobs.facts(), grace_s=grace_s, labelled=labelled)
+                found, scanned = await temporal_anomalies(settings, store, policy.stuck_after_s)
+                report.add(found, "workflows", scanned)
+            return report
     finally:
         await store.close()
         await redis.aclose()

@@ -100,6 +100,8 @@ class TemporalJobQueue(JobQueue):
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                # shown in Temporal's UI and read by `mesh check`: who started it, a re-embed's models
+                memo={"cause": job.cause, "attempt": job.attempt, "models": job.models},
                 rpc_timeout=timedelta(seconds=self.timeout_s),
             )
         except WorkflowAlreadyStartedError:

@@ -20,7 +20,7 @@ from actors import contract
 from actors.adapters.object_store import ObjectStore, object_key
 from actors.adapters.temporal_jobs import TemporalJobQueue, connect_temporal, workflow_id
 from actors.adapters.workflow_store import WorkflowStore
-from actors.contract import CoordinatorStatus, CoordinatorStatusRequest, DeadLetter
+from actors.contract import CoordinatorStatus, CoordinatorStatusRequest, DeadLetter, Status
 from actors.settings import Settings
 from ops.stack.supervisor import Stack, settings_env
 from tests.helpers import upload_id, wait_status, wait_until
@@ -125,6 +125,30 @@ async def test_a_give_up_is_an_error_record_a_dead_letter_and_a_failed_workflow(
     )
     status = contract.decode(reply.data, CoordinatorStatus)
     assert status.failed >= 1 and status.pending >= 0  # this worker's counts (it was started in this test)
+
+    # mesh check looks at Temporal's side too: a failed workflow whose record is not `error` is an anomaly
+    assert await mesh_check(settings, "workflow_failed_without_error") == []
+    store = WorkflowStore(settings.redis_server_url, settings.redis_prefix)
+    try:
+        await store.update(image_id, status=Status.DONE)  # planted: the give-up never reached the record
+        assert await mesh_check(settings, "workflow_failed_without_error") == [image_id]
+    finally:
+        await store.update(image_id, status=Status.ERROR)
+        await store.close()
+
+
+async def mesh_check(settings: Settings, kind: str) -> list[str]:
+    """``mesh check --json`` as an operator runs it: the example images of one anomaly kind."""
+    env = {**os.environ, **settings_env(settings)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.cli", "check", "--json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    report = json.loads(out)
+    assert report["scanned"]["workflows"] >= 1, report
+    examples: list[str] = report["examples"].get(kind, [])
+    assert report["anomalies"][kind] == len(examples), report
+    return examples
 
 
 async def test_a_worker_killed_while_it_holds_jobs_loses_none(
