@@ -61,7 +61,7 @@ unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 chaos: install  ## the full-size fault-injection suite
-	MESH_CHAOS_FULL=1 $(BIN)/python -m pytest tests/chaos -m "slow or not slow" $(PYTEST_ARGS)
+	MESH_CHAOS_FULL=1 $(BIN)/python -m pytest tests/chaos tests/temporal/test_faults.py -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: install  ## benchmarks against same-run baselines; writes docs/BENCHMARKS.md and var/bench/summary.json
 	$(BIN)/python -m ops.bench
