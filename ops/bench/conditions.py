@@ -77,6 +77,14 @@ def _ingest(d: dict[str, Any], plan: Plan) -> list[str]:
                 f"threads, JPEG draft target {b['draft_target']} px, pixel cap {b['max_pixels']}, pipeline "
                 f"steps {b['pipeline_steps'] or 'none (the default configuration)'}."
             )
+    if "ingest_n_temporal" in d:
+        out.append(
+            f"- **`ingest_*_temporal`** (`ingest_ratio_temporal`): the EfficientNet-Lite0 ingest "
+            f"({d['ingest_n_temporal']} images) with `MESH_WORKFLOW_ENGINE=temporal`: a second stack like the "
+            "first (Temporal's dev server with its SQLite file, a Temporal worker in the coordinator's place; "
+            "one workflow per image, four activities), the first stack idle meanwhile; the same baseline, run "
+            "right before each of its runs. Beside `ingest_ratio_default`, the JetStream figure."
+        )
     if "coordinator_scaling_2_over_1" in d:
         out.append(
             "- **`ingest_mesh_images_per_s_default_2coord`**: the EfficientNet ingest again with a second "

@@ -39,6 +39,7 @@ def _lowest(*names: str) -> Pick:
 HEADLINES: dict[str, tuple[Pick, float | None, str]] = {
     "ingest_ratio": (_median("ingest_ratio_clip"), 0.85, "ge"),
     "ingest_ratio_default": (_median("ingest_ratio_default"), 0.6, "ge"),
+    "ingest_ratio_temporal": (_median("ingest_ratio_temporal"), None, "ge"),  # issue #16: beside JetStream's
     "triton_ratio": (_lowest("triton_ratio_clip", "triton_ratio_default"), 0.85, "ge"),
     "triton_ratio_clip": (_median("triton_ratio_clip"), 0.85, "ge"),
     "triton_ratio_default": (_median("triton_ratio_default"), 0.85, "ge"),

@@ -41,6 +41,7 @@ STEPS = (
     "triton",
     "in_process",
     "ingest",
+    "temporal",
     "scaling",
     "profile",
     "queries",
@@ -94,6 +95,7 @@ class Runner:
             self.triton,
             self.in_process,
             self.ingest,
+            self.temporal,
             self.scaling,
             self.profile,
             self.queries,
@@ -190,13 +192,18 @@ class Runner:
             self.res.details[f"ort_best_batch_{key}"] = max(scan, key=lambda b: scan[b])
         return int(self.res.details[f"ort_best_batch_{key}"])
 
-    async def _ingest_model(self, name: str, key: str, n: int) -> None:
+    async def _ingest_model(
+        self, name: str, key: str, n: int, bench: BenchStack | None = None, batch_key: str = ""
+    ) -> None:
+        """``ingest_*_{key}``: ``name``'s ingest through ``bench`` (the bench stack unless given) against the
+        equal-work baseline, run by run; ``batch_key``: whose batch scan the baseline takes (``key``'s)."""
         p = self.plan
         m = self.models[name]
-        s = self.bench.settings
-        await self.bench.set_config("active_model", name)
-        cfg = await self._config()  # the mesh's own configuration: the baseline does the work it says
-        batch = self._best_batch(key)
+        bench = bench or self.bench
+        s = bench.settings
+        await bench.set_config("active_model", name)
+        cfg = await self._config(bench)  # the mesh's own configuration: the baseline does the work it says
+        batch = self._best_batch(batch_key or key)
         self.res.details[f"baseline_{key}"] = {
             "batch": batch,
             "decode_threads": os.cpu_count(),
@@ -218,13 +225,13 @@ class Runner:
 
         # warm-up: model config caches, gRPC channels, ORT arenas (not timed)
         run_baseline(images[:8], f"{key}-warm")
-        await ingest.mesh_ingest(self.bench, images[:8], f"{key}-warm", p.uploaders)
+        await ingest.mesh_ingest(bench, images[:8], f"{key}-warm", p.uploaders)
         base, mesh, stages, checks = [], [], [], []
         for rep in range(p.reps):
             base.append(
                 run_baseline([tagged(d, f"{key}-{rep}-{i}") for i, d in enumerate(images)], f"{key}-{rep}")
             )
-            run = await ingest.mesh_ingest(self.bench, images, f"{key}-{rep}", p.uploaders)
+            run = await ingest.mesh_ingest(bench, images, f"{key}-{rep}", p.uploaders)
             if run.errors:
                 raise RuntimeError(f"{run.errors} images ended in error during the {key} ingest")
             mesh.append(run.images_per_s)
@@ -241,6 +248,25 @@ class Runner:
     async def ingest(self) -> None:
         await self._ingest_model(self.clip, "clip", self.plan.ingest_clip_n)
         await self._ingest_model(self.default, "default", self.plan.ingest_default_n)
+
+    async def temporal(self) -> None:
+        """``ingest_ratio_temporal``: the default model's ingest with Temporal as the workflow engine, on a
+        second stack like the first (which idles meanwhile), against the same baseline, run by run."""
+        s = self.bench.settings
+        other = await asyncio.to_thread(
+            BenchStack.start,
+            self.work_dir / "stack-temporal",
+            workflow_engine="temporal",
+            models=s.models,
+            clip_checkpoint=s.clip_checkpoint,
+            model_repository=s.model_repository,
+        )
+        try:
+            await other.set_config("reconcile_period_s", 0)
+            n = self.plan.ingest_default_n
+            await self._ingest_model(self.default, "temporal", n, bench=other, batch_key="default")
+        finally:
+            other.close()
 
     # --- 5. two coordinators ------------------------------------------------------------------------------
     async def scaling(self) -> None:
@@ -308,11 +334,11 @@ class Runner:
         # the checker in the mesh, over everything the earlier steps ingested (their copies and look-alikes)
         self.res.details["copy_check_mesh"] = self.bench.copy_check_times()
 
-    async def _config(self) -> MeshConfig:
+    async def _config(self, bench: BenchStack | None = None) -> MeshConfig:
         from actors.adapters.config_client import ConfigClient
         from actors.runtime import connect_nats
 
-        nc = await connect_nats(self.bench.settings, "ops", name="bench")
+        nc = await connect_nats((bench or self.bench).settings, "ops", name="bench")
         try:
             return await ConfigClient(nc).get()
         finally:

@@ -89,6 +89,7 @@ def _results() -> Results:
         "triton_ratio_default": [0.6, 0.65, 0.7],
         "ingest_ratio_clip": [0.8, 0.8, 0.8],
         "ingest_ratio_default": [0.5, 0.5, 0.5],
+        "ingest_ratio_temporal": [0.4, 0.4, 0.4],
         "recall_at_10": [0.96, 0.96, 0.96],
         "query_p50_overhead_ms": [1.0, 1.2, 1.1],
         "query_p99_overhead_ms": [2.0, 2.5, 2.2],
