@@ -120,9 +120,8 @@ class Repairer:
         attempt = republish_attempt(rec, f.job)
         pub = await self._publish(rec, attempt)
         if pub.duplicate:
-            if (
-                pub.seq == 0
-            ):  # Temporal: the image's workflow is open (waiting for a worker): its job is there
+            # Temporal: the image's workflow is open (say, waiting for a worker): its job is there
+            if pub.seq == 0:
                 return False
             if pub.seq != rec.job_seq:  # the job is there: only its sequence was never recorded
                 await self.store.update(rec.image_id, job_seq=pub.seq)

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from actors import contract
-from actors.adapters.job_queue import JobQueue
+from actors.adapters.job_queue import JobQueue, Published
 from actors.config_rules import InvalidConfig, apply_change
 from actors.contract import Cause, DeadLetter, ImageRecord, Label, MeshConfig, ProcessJob, Status
 from actors.coordinator import Coordinator
@@ -444,6 +444,25 @@ async def test_a_pending_record_whose_job_is_there_after_all_only_gets_its_seque
     assert not await mesh.repairer().repair(f, POLICY)
     assert mesh.jobs.published == [] and mesh.store.records["a1"].job_seq == 42
     assert reconcile_notes(mesh.store.records["a1"]) == []
+
+
+class OpenWorkflows(JobQueue):
+    """Temporal's job queue, seen from the repairer: every image's workflow is open, so a start is refused
+    as a repeat (``duplicate``, no stream sequence: 0)."""
+
+    async def publish(self, job: ProcessJob, *, msg_id: str | None = None) -> Published:
+        return Published(job=job, seq=0, duplicate=True)
+
+
+async def test_under_temporal_a_pending_record_whose_workflow_is_open_is_left_alone() -> None:
+    mesh = Mesh()
+    r = mesh.add(rec("a1", Status.PENDING))  # job_seq 0: Temporal keeps no stream sequence
+    repairer = mesh.repairer()
+    repairer.queue = OpenWorkflows(mesh.jobs)  # type: ignore[arg-type]
+    f = Finding(Kind.PENDING_WITHOUT_JOB, "a1", record=r, job=JobState.MISSING)
+    assert not await repairer.repair(f, POLICY)
+    after = mesh.store.records["a1"]
+    assert after.attempt == 0 and reconcile_notes(after) == []  # no fresh attempt, no repair noted
 
 
 async def test_a_pending_record_whose_job_was_settled_or_lost_gets_a_fresh_attempt() -> None:
