@@ -5,6 +5,10 @@ Concurrent image embeddings of one model go to Triton together, as one batched r
 What a model needs (its preprocessing, tensor names, output dimension) is read once from Triton's model config
 and cached, so the model's repository is the only place it is written down (docs/MODELS.md).
 
+Several Triton instances (``MESH_TRITON_URL=a:8001,b:8001``): calls go to them in turn; a call that finds one
+``UNAVAILABLE`` is repeated at once on the next (``mesh_embedder_failovers_total``), and that instance is left
+out for ``down_s`` seconds; only when every instance is down does the call back off and, in the end, raise.
+
 Errors: :class:`EmbedderUnavailable` (Triton down, model loading, queue full or timed out: retry later) and
 :class:`EmbedderError` / :class:`ModelNotFound` (bad input, unknown model: retrying will not help), all
 subclasses of :class:`EmbedderException`.
@@ -12,6 +16,7 @@ subclasses of :class:`EmbedderException`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -19,6 +24,7 @@ from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import structlog
+from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
 from tritonclient.grpc import aio as triton
@@ -36,6 +42,11 @@ TEXT_INPUT = "TEXT"
 EMBEDDING_OUTPUT = "EMBEDDING"
 PROBS_OUTPUT = "PROBS"  # an image model with a classifier: its class probabilities (``ModelInfo.labels``)
 
+FAILOVERS = Counter(
+    "mesh_embedder_failovers_total",
+    "Triton calls repeated on another instance because this one did not answer",
+    ["instance"],
+)
 _RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"})
 
 
@@ -137,21 +148,40 @@ def _classify(e: InferenceServerException, model: str | None) -> EmbedderExcepti
     return EmbedderError(message, model=model, status=status)
 
 
+@dataclass
+class _Instance:
+    """One Triton server: its address, its gRPC client (made on first use) and until when it is left out."""
+
+    url: str
+    client: triton.InferenceServerClient | None = None
+    down_until: float = 0.0
+
+
 class Embedder:
     """Thin async client of Triton for embeddings. Use as ``async with Embedder(url) as e: ...``.
 
-    ``timeout_s`` bounds each gRPC call; a call that finds Triton ``UNAVAILABLE`` is retried ``retries`` times
-    with exponential backoff from ``backoff_s`` before :class:`EmbedderUnavailable` is raised.
+    ``url`` is one ``host:port`` or several, comma-separated (one per Triton instance). ``timeout_s`` bounds
+    each gRPC call; a call that finds Triton ``UNAVAILABLE`` moves on to the next instance at once, and when
+    none answers it is retried ``retries`` times with exponential backoff from ``backoff_s`` before
+    :class:`EmbedderUnavailable` is raised.
     """
 
     def __init__(
-        self, url: str, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 0.2
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.2,
+        down_s: float = 5.0,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self._client: triton.InferenceServerClient | None = None
+        self.down_s = down_s
+        self._instances = [_Instance(u.strip()) for u in url.split(",") if u.strip()] or [_Instance(url)]
+        self._turn = 0
         self._models: dict[str, ModelInfo] = {}
         self._coalescers: dict[str, Coalescer[ImageEmbedding]] = {}
 
@@ -168,19 +198,41 @@ class Embedder:
         await self.close()
 
     @property
+    def urls(self) -> list[str]:
+        return [i.url for i in self._instances]
+
+    def _client(self, inst: _Instance) -> triton.InferenceServerClient:
+        if inst.client is None:  # created lazily: the gRPC channel belongs to the running event loop
+            inst.client = triton.InferenceServerClient(inst.url)
+        return inst.client
+
+    @property
     def client(self) -> triton.InferenceServerClient:
-        if self._client is None:  # created lazily: the gRPC channel belongs to the running event loop
-            self._client = triton.InferenceServerClient(self.url)
-        return self._client
+        """The first instance's client."""
+        return self._client(self._instances[0])
+
+    def _pick(self) -> _Instance:
+        """The next instance in turn that is not left out (the next in turn when every one is)."""
+        now, n = time.monotonic(), len(self._instances)
+        order = [self._instances[(self._turn + k) % n] for k in range(n)]
+        inst = next((i for i in order if i.down_until <= now), order[0])
+        self._turn = (self._instances.index(inst) + 1) % n
+        return inst
+
+    def _another_up(self) -> bool:
+        now = time.monotonic()
+        return len(self._instances) > 1 and any(i.down_until <= now for i in self._instances)
 
     async def close(self) -> None:
-        """Close the gRPC channel (safe to call twice)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        """Close the gRPC channels (safe to call twice)."""
+        for inst in self._instances:
+            client, inst.client = inst.client, None
+            if client is not None:
+                await client.close()
 
-    async def _call(self, what: str, model: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn`` (a client method) with the call timeout; repeated with backoff while Triton is unavailable."""
+    async def _call(self, what: str, model: str | None, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """The client method ``method`` (its name; or a callable) with the call timeout, on the next instance;
+        repeated on another instance, then with backoff, while Triton is unavailable."""
 
         def log_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -188,40 +240,57 @@ class Embedder:
                 "embedder.retry", call=what, model=model, attempt=state.attempt_number, error=str(error)
             )
 
+        backoff = wait_exponential(multiplier=self.backoff_s)  # backoff_s, then doubling
+
+        def wait(state: RetryCallState) -> float:
+            return 0.0 if self._another_up() else float(backoff(state))
+
         retrying = AsyncRetrying(
             retry=retry_if_exception(_server_unavailable),
-            stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=self.backoff_s),  # backoff_s, then doubling
+            stop=stop_after_attempt(self.retries + len(self._instances)),
+            wait=wait,
             before_sleep=log_retry,
             reraise=True,
         )
-        return await retrying(self._call_once, model, fn, *args, **kwargs)
+        return await retrying(self._call_once, model, method, *args, **kwargs)
 
-    async def _call_once(self, model: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call_once(self, model: str | None, method: Any, *args: Any, **kwargs: Any) -> Any:
+        inst = self._pick()
+        fn = getattr(self._client(inst), method) if isinstance(method, str) else method
         try:
             return await fn(*args, client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as e:
             err = _classify(e, model)
-            if isinstance(err, ModelNotFound) and not await self.ready():
+            if isinstance(err, ModelNotFound) and not await self._ready(inst):
                 # a Triton that is starting or stopping answers "unknown model" / "no available versions"
                 # for models it does serve: an outage, not a missing model
                 err = EmbedderUnavailable(str(err), model=model, status="UNAVAILABLE")
+            if err.status == "UNAVAILABLE" and len(self._instances) > 1:
+                inst.down_until = time.monotonic() + self.down_s  # the others take its calls meanwhile
+                FAILOVERS.labels(inst.url).inc()
             raise err from e
 
-    async def ready(self, model: str | None = None) -> bool:
-        """Whether Triton (and ``model``, when given) is ready to serve; never raises for a down server."""
+    async def _ready(self, inst: _Instance, model: str | None = None) -> bool:
         try:
+            client = self._client(inst)
             if model is None:
-                return bool(await self.client.is_server_ready(client_timeout=self.timeout_s))
-            return bool(await self.client.is_model_ready(model, client_timeout=self.timeout_s))
+                return bool(await client.is_server_ready(client_timeout=self.timeout_s))
+            return bool(await client.is_model_ready(model, client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
+
+    async def ready(self, model: str | None = None) -> bool:
+        """Whether a Triton instance (serving ``model``, when given) is ready; never raises for a down one."""
+        for inst in self._instances:
+            if await self._ready(inst, model):
+                return True
+        return False
 
     async def model_info(self, model: str) -> ModelInfo:
         """The model's tensors, output dimension and preprocessing (cached after the first call)."""
         info = self._models.get(model)
         if info is None:
-            response = await self._call("config", model, self.client.get_model_config, model, as_json=True)
+            response = await self._call("config", model, "get_model_config", model, as_json=True)
             info = ModelInfo.from_config(response["config"])
             self._models[model] = info
         return info
@@ -247,7 +316,7 @@ class Embedder:
         if info.classes:
             shapes[PROBS_OUTPUT] = (rows, info.classes)
         out = [InferRequestedOutput(name) for name in shapes]
-        result = await self._call("infer", info.name, self.client.infer, info.name, [inp], outputs=out)
+        result = await self._call("infer", info.name, "infer", info.name, [inp], outputs=out)
         arrays = {name: result.as_numpy(name) for name in shapes}
         for name, array in arrays.items():
             if array is None or array.shape != shapes[name]:

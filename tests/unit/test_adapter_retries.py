@@ -108,11 +108,55 @@ async def test_embedder_unknown_model_while_triton_is_not_ready_is_an_outage(
     async def is_ready(model: str | None = None) -> bool:
         return ready.pop(0) if ready else True
 
-    monkeypatch.setattr(e, "ready", is_ready)  # a Triton that is still starting
+    monkeypatch.setattr(e, "_ready", lambda inst, model=None: is_ready(model))  # a Triton still starting
     fn = Triton("NOT_FOUND", "NOT_FOUND")
     with pytest.raises(embedder_module.ModelNotFound):  # ready the second time: the model really is unknown
         await e._call("config", "m", fn)
     assert fn.calls == 2 and len(embedder_logs.events) == 1
+
+
+class FakeClient:
+    """One Triton instance's client: ``infer`` fails with the queued statuses, then answers "ok"."""
+
+    def __init__(self) -> None:
+        self.infer = Triton()
+
+    async def close(self) -> None:
+        return None
+
+
+def two_instances() -> tuple[Embedder, FakeClient, FakeClient]:
+    e = Embedder("triton-a:8001, triton-b:8001", retries=1, backoff_s=0.001)
+    a, b = FakeClient(), FakeClient()
+    e._instances[0].client, e._instances[1].client = a, b  # type: ignore[assignment]
+    return e, a, b
+
+
+async def test_calls_go_to_every_instance_in_turn_and_move_on_when_one_is_down(embedder_logs: Logs) -> None:
+    e, a, b = two_instances()
+    assert e.urls == ["triton-a:8001", "triton-b:8001"]
+    for _ in range(4):
+        assert await e._call("infer", "m", "infer") == "ok"
+    assert (a.infer.calls, b.infer.calls) == (2, 2)  # in turn
+
+    failovers = embedder_module.FAILOVERS.labels("triton-a:8001")
+    before = failovers._value.get()
+    a.infer.statuses = ["UNAVAILABLE"]  # instance a goes down
+    for _ in range(4):
+        assert await e._call("infer", "m", "infer") == "ok"  # no call lost
+    # the call that met a went on to b at once; a is left out for down_s: b took the others
+    assert (a.infer.calls, b.infer.calls) == (3, 6)
+    assert failovers._value.get() == before + 1
+    assert [ev for ev, _ in embedder_logs.events] == ["embedder.retry"]
+
+
+async def test_when_every_instance_is_down_the_call_backs_off_then_gives_up(embedder_logs: Logs) -> None:
+    e, a, b = two_instances()
+    a.infer.statuses = ["UNAVAILABLE"] * 5
+    b.infer.statuses = ["UNAVAILABLE"] * 5
+    with pytest.raises(EmbedderUnavailable):
+        await e._call("infer", "m", "infer")
+    assert a.infer.calls + b.infer.calls == 3  # retries (1) + one per instance (2)
 
 
 # --- the object store's signed requests -------------------------------------------------------------------
