@@ -67,17 +67,19 @@ async def test_calls_spread_over_two_tritons_and_none_is_lost_when_one_is_killed
         before = failovers._value.get()
         done = 0
         gate = asyncio.Semaphore(8)
+        underway = asyncio.Event()  # an eighth of the calls answered: the others are in flight on both
 
         async def one(image: np.ndarray) -> np.ndarray:
             nonlocal done
             async with gate:
                 vector = await e.embed_image(MODEL, image)
             done += 1
+            if done >= N // 8:
+                underway.set()
             return vector
 
         calls = asyncio.gather(*(one(image) for image in images))
-        while done < N // 8:  # calls are in flight on both instances
-            await asyncio.sleep(0.005)
+        await underway.wait()
         pid = a.pids()["triton"]
         assert pid
         os.kill(pid, signal.SIGKILL)
