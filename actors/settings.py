@@ -146,7 +146,8 @@ class Settings(EngineSettings):
     triton_http_port: int = Field(8000, ge=1, le=65535)
     triton_grpc_port: int = Field(8001, ge=1, le=65535)
     triton_metrics_port: int = Field(8002, ge=1, le=65535)
-    triton_url: str | None = None  # gRPC address, defaults to {host}:{triton_grpc_port}
+    # gRPC address, defaults to {host}:{triton_grpc_port}; several Triton instances: comma-separated
+    triton_url: str | None = None
     triton_timeout_s: float = 30.0
     model_repository: Path = Path("model_repository/cpu")
 
