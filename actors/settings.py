@@ -146,8 +146,7 @@ class Settings(EngineSettings):
     triton_http_port: int = Field(8000, ge=1, le=65535)
     triton_grpc_port: int = Field(8001, ge=1, le=65535)
     triton_metrics_port: int = Field(8002, ge=1, le=65535)
-    # gRPC address, defaults to {host}:{triton_grpc_port}; several Triton instances: comma-separated
-    triton_url: str | None = None
+    triton_url: str | None = None  # gRPC, {host}:{triton_grpc_port} by default; several: comma-separated
     triton_timeout_s: float = 30.0
     model_repository: Path = Path("model_repository/cpu")
 

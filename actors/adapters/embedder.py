@@ -156,6 +156,44 @@ class _Instance:
     client: triton.InferenceServerClient | None = None
     down_until: float = 0.0
 
+    def connected(self) -> triton.InferenceServerClient:
+        if self.client is None:  # created lazily: the gRPC channel belongs to the running event loop
+            self.client = triton.InferenceServerClient(self.url)
+        return self.client
+
+
+class _Pool:
+    """The Triton instances of a comma-separated address, taken in turn; one that did not answer is left out
+    for ``down_s`` seconds (all are taken again when every one is out)."""
+
+    def __init__(self, url: str, down_s: float) -> None:
+        self.instances = [_Instance(u.strip()) for u in url.split(",") if u.strip()] or [_Instance(url)]
+        self.down_s = down_s
+        self._turn = 0
+
+    def pick(self) -> _Instance:
+        now, n = time.monotonic(), len(self.instances)
+        order = [self.instances[(self._turn + k) % n] for k in range(n)]
+        inst = next((i for i in order if i.down_until <= now), order[0])
+        self._turn = (self.instances.index(inst) + 1) % n
+        return inst
+
+    def down(self, inst: _Instance) -> None:
+        """``inst`` did not answer: the others take its calls for a while (nothing to fail over to alone)."""
+        if len(self.instances) > 1:
+            inst.down_until = time.monotonic() + self.down_s
+            FAILOVERS.labels(inst.url).inc()
+
+    def another_up(self) -> bool:
+        now = time.monotonic()
+        return len(self.instances) > 1 and any(i.down_until <= now for i in self.instances)
+
+    async def close(self) -> None:
+        for inst in self.instances:
+            client, inst.client = inst.client, None
+            if client is not None:
+                await client.close()
+
 
 class Embedder:
     """Thin async client of Triton for embeddings. Use as ``async with Embedder(url) as e: ...``.
@@ -179,9 +217,7 @@ class Embedder:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self.down_s = down_s
-        self._instances = [_Instance(u.strip()) for u in url.split(",") if u.strip()] or [_Instance(url)]
-        self._turn = 0
+        self._pool = _Pool(url, down_s)
         self._models: dict[str, ModelInfo] = {}
         self._coalescers: dict[str, Coalescer[ImageEmbedding]] = {}
 
@@ -199,36 +235,16 @@ class Embedder:
 
     @property
     def urls(self) -> list[str]:
-        return [i.url for i in self._instances]
-
-    def _client(self, inst: _Instance) -> triton.InferenceServerClient:
-        if inst.client is None:  # created lazily: the gRPC channel belongs to the running event loop
-            inst.client = triton.InferenceServerClient(inst.url)
-        return inst.client
+        return [i.url for i in self._pool.instances]
 
     @property
     def client(self) -> triton.InferenceServerClient:
         """The first instance's client."""
-        return self._client(self._instances[0])
-
-    def _pick(self) -> _Instance:
-        """The next instance in turn that is not left out (the next in turn when every one is)."""
-        now, n = time.monotonic(), len(self._instances)
-        order = [self._instances[(self._turn + k) % n] for k in range(n)]
-        inst = next((i for i in order if i.down_until <= now), order[0])
-        self._turn = (self._instances.index(inst) + 1) % n
-        return inst
-
-    def _another_up(self) -> bool:
-        now = time.monotonic()
-        return len(self._instances) > 1 and any(i.down_until <= now for i in self._instances)
+        return self._pool.instances[0].connected()
 
     async def close(self) -> None:
         """Close the gRPC channels (safe to call twice)."""
-        for inst in self._instances:
-            client, inst.client = inst.client, None
-            if client is not None:
-                await client.close()
+        await self._pool.close()
 
     async def _call(self, what: str, model: str | None, method: Any, *args: Any, **kwargs: Any) -> Any:
         """The client method ``method`` (its name; or a callable) with the call timeout, on the next instance;
@@ -243,11 +259,11 @@ class Embedder:
         backoff = wait_exponential(multiplier=self.backoff_s)  # backoff_s, then doubling
 
         def wait(state: RetryCallState) -> float:
-            return 0.0 if self._another_up() else float(backoff(state))
+            return 0.0 if self._pool.another_up() else float(backoff(state))
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(_server_unavailable),
-            stop=stop_after_attempt(self.retries + len(self._instances)),
+            stop=stop_after_attempt(self.retries + len(self._pool.instances)),
             wait=wait,
             before_sleep=log_retry,
             reraise=True,
@@ -255,8 +271,8 @@ class Embedder:
         return await retrying(self._call_once, model, method, *args, **kwargs)
 
     async def _call_once(self, model: str | None, method: Any, *args: Any, **kwargs: Any) -> Any:
-        inst = self._pick()
-        fn = getattr(self._client(inst), method) if isinstance(method, str) else method
+        inst = self._pool.pick()
+        fn = getattr(inst.connected(), method) if isinstance(method, str) else method
         try:
             return await fn(*args, client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as e:
@@ -265,14 +281,13 @@ class Embedder:
                 # a Triton that is starting or stopping answers "unknown model" / "no available versions"
                 # for models it does serve: an outage, not a missing model
                 err = EmbedderUnavailable(str(err), model=model, status="UNAVAILABLE")
-            if err.status == "UNAVAILABLE" and len(self._instances) > 1:
-                inst.down_until = time.monotonic() + self.down_s  # the others take its calls meanwhile
-                FAILOVERS.labels(inst.url).inc()
+            if err.status == "UNAVAILABLE":
+                self._pool.down(inst)
             raise err from e
 
     async def _ready(self, inst: _Instance, model: str | None = None) -> bool:
         try:
-            client = self._client(inst)
+            client = inst.connected()
             if model is None:
                 return bool(await client.is_server_ready(client_timeout=self.timeout_s))
             return bool(await client.is_model_ready(model, client_timeout=self.timeout_s))
@@ -281,7 +296,7 @@ class Embedder:
 
     async def ready(self, model: str | None = None) -> bool:
         """Whether a Triton instance (serving ``model``, when given) is ready; never raises for a down one."""
-        for inst in self._instances:
+        for inst in self._pool.instances:
             if await self._ready(inst, model):
                 return True
         return False

@@ -128,7 +128,7 @@ class FakeClient:
 def two_instances() -> tuple[Embedder, FakeClient, FakeClient]:
     e = Embedder("triton-a:8001, triton-b:8001", retries=1, backoff_s=0.001)
     a, b = FakeClient(), FakeClient()
-    e._instances[0].client, e._instances[1].client = a, b  # type: ignore[assignment]
+    e._pool.instances[0].client, e._pool.instances[1].client = a, b  # type: ignore[assignment]
     return e, a, b
 
 
