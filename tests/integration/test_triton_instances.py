@@ -5,6 +5,7 @@ killed (kill -9) while calls are in flight, none is lost: they move on to the ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -30,11 +31,34 @@ def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, S
     data = tmp_path_factory.mktemp("two-tritons")
     repo: dict[str, object] = {"model_repository": data / "repo", "models": MODEL}
     ensure_models(test_settings(data, **repo))
-    with (
-        running_stack(Path(data / "a"), only=("triton",), export_models=False, timeout_s=120, **repo) as a,
-        running_stack(Path(data / "b"), only=("triton",), export_models=False, timeout_s=120, **repo) as b,
-    ):
-        yield a, b
+    try:
+        with (
+            running_stack(
+                Path(data / "a"), only=("triton",), export_models=False, timeout_s=120, **repo
+            ) as a,
+            running_stack(
+                Path(data / "b"), only=("triton",), export_models=False, timeout_s=120, **repo
+            ) as b,
+        ):
+            yield a, b
+    finally:
+        _kill_leftovers(data)
+
+
+def _kill_leftovers(data: Path) -> None:
+    """The Python-backend stubs of the killed Triton outlive it (their parent died with kill -9): end them,
+    and their shared-memory regions, so nothing of the test keeps running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(data) in cmdline and "triton_python_backend_stub" in cmdline:
+            region = cmdline.split("\0")[2] if cmdline.count("\0") > 2 else ""
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+            if region.startswith("triton_python_backend_shm_region"):
+                Path("/dev/shm", region).unlink(missing_ok=True)
 
 
 def served(stack: Stack) -> float:
