@@ -4,7 +4,9 @@ alike (``mode=similar``).
 Copies are what the copy checker verified in the background (``actors/copy_check.py``: look-alikes above
 ``near_duplicate_threshold`` checked by local features and a geometric model, ``actors/copies.py``); these
 routes only read its verdicts, so a page costs no verification. The similar tier is the cosine similarity
-alone, as before: a range query per image. Every result says its tier (``copy`` or ``similar``).
+alone: one image's is a range query; the groups at ``near_duplicate_threshold`` are kept by the indexers at
+index time (``actors/group_keeper.py``) and only read here, those at another threshold are computed on demand
+for a library of up to 20,000 images. Every result says its tier (``copy`` or ``similar``).
 """
 
 from __future__ import annotations
@@ -99,10 +101,17 @@ async def image_duplicates(
     responses=error_responses(
         (
             400,
-            "bad parameter; `mode=similar`: the index over the indexer's max_images (20000), or a threshold so "
-            "low that the images have more than 50 near pairs each on average (`too_many_pairs`)",
+            "bad parameter; `mode=similar` at a `threshold` other than the config's near_duplicate_threshold: "
+            "the index holds over 20000 images (`index_refused`, the message names the kept threshold), or the "
+            "threshold is so low that the images have more than 50 near pairs each on average "
+            "(`too_many_pairs`); at any threshold, one group of over 100000 images (`group_too_large`)",
         ),
-        _R503,
+        (
+            503,
+            "Redis, the indexer or the object store is down; or `mode=similar`: the groups at the kept "
+            "threshold are being rebuilt (after it or the active model changed) and the index is over 20000 "
+            "images: retry later",
+        ),
     ),
 )
 async def duplicate_groups(
@@ -119,9 +128,14 @@ async def duplicate_groups(
     `mode=copies` (default): groups of images joined by verified copy pairs (a copy of a copy joins the
     group), read from the copy checker's verdicts: no verification, one scan of the verdicts per call;
     `pending` is how many images still wait for their check. `mode=similar`: connected components of the
-    graph "cosine >= threshold" computed by the indexer on every call (one range query per image, O(N) Redis
-    work, refused above 20000 images or at a threshold so low that nearly everything is near everything).
-    Groups of two or more, each sorted, ordered by their smallest id; `next_cursor` is null on the last page.
+    graph "cosine >= threshold". At the config's `near_duplicate_threshold` (the default) they are kept up to
+    date as images are indexed and deleted, and a page is read from them in time independent of the library's
+    size, with no cap. At any other `threshold` they are computed on every call (one range query per image,
+    O(N) work), for a library of up to 20000 images: above that, `400 index_refused` naming the kept threshold
+    (also at a threshold so low that nearly everything is near everything). After the kept threshold or the
+    active model changes, the groups are rebuilt in the background: meanwhile they are computed on demand, or
+    `503` above 20000 images. Groups of two or more, each sorted, ordered by their smallest id; `next_cursor`
+    is null on the last page.
     """
     cfg = await svc.config.get()
     if mode == "copies":

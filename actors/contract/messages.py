@@ -158,7 +158,9 @@ class GroupsRequest(Struct, kw_only=True):
     """Request on ``index.groups``: near-duplicate groups (connected components at ``threshold``), paged.
 
     Groups are ordered by their smallest image id; ``cursor`` is the smallest id of the last group of the
-    previous page ("" for the first). The whole index is scanned on every call: refused above ``max_images``.
+    previous page ("" for the first). At the threshold the indexer keeps groups at (the config's
+    ``near_duplicate_threshold``) a page is read from the stored groups, whatever the index's size; at any
+    other, the whole index is scanned on every call: refused above ``max_images``.
     """
 
     model: str
@@ -174,8 +176,9 @@ class GroupsReply(Struct, kw_only=True):
     threshold: float
     groups: list[list[str]]  # each sorted, of two images or more
     next_cursor: str | None  # None on the last page
-    images: int  # how many images the index holds (and were scanned)
+    images: int  # how many images the index holds (and were scanned, unless ``kept``)
     total_groups: int
+    kept: bool = False  # read from the groups kept at index time (else computed on demand)
 
 
 class StatsRequest(Struct, kw_only=True):

@@ -94,11 +94,18 @@ def redis_rules(s: Settings) -> dict[RedisUser, list[str]]:
             f"%R~{p}:vec:*",
             f"({index_names} {' '.join(_READER_FT)})",
         ],
-        # the vector documents and the indexes over them; nothing else
+        # the vector documents and the indexes over them; the near-duplicate groups kept at index time (their
+        # scripts, hashes, sorted sets and sets, and the upkeep's lease: actors/adapters/group_store.py)
         "indexer": [
             *_BASE,
+            *_SCRIPTS,
             *_cmds("del hget hgetall hset exists scan"),
+            *_cmds(
+                "hdel hincrby hmget zadd zrem zrange zrangebylex zcard zscore sadd srem smembers srandmember"
+            ),
+            *_cmds("incr set get pexpire"),
             f"~{p}:vec:*",
+            f"~{p}:dup:*",
             f"({index_names} {' '.join([*_READER_FT, '+ft.create', '+ft.dropindex', '+ft._list'])})",
         ],
     }

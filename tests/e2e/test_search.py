@@ -27,11 +27,11 @@ from actors import contract
 from actors.adapters.config_client import ConfigClient
 from actors.adapters.object_store import object_key
 from actors.contract import MeshConfig
-from actors.duplicates import pair_set
+from actors.duplicates import pair_set, state_field
 from actors.settings import Settings
 from ops.stack.supervisor import Stack
 from tests.helpers import jobs_service, s3_client, upload, wait_jobs_idle, wait_status, wait_until
-from tests.images import distinct_jpegs, jpeg, photo, sibling_set
+from tests.images import colour_shift, distinct_jpegs, flip, jpeg, photo, sibling_set
 
 DEFAULT_MODEL, CLIP_IMAGE, CLIP_TEXT = "efficientnet_lite0", "clip_image", "clip_text"
 TIE = 1e-5  # brute force and Redis may order images this close either way
@@ -438,6 +438,56 @@ async def test_a_verdict_that_outlived_its_image_groups_nothing(
 async def similar_groups(client: httpx.AsyncClient) -> list[list[str]]:
     body = (await client.get("/duplicates", params={"limit": 1000, "mode": "similar"})).json()
     return [g["image_ids"] for g in body["groups"]]
+
+
+async def every_similar_group(client: httpx.AsyncClient, threshold: float | None = None) -> list[list[str]]:
+    """Every group of ``/duplicates?mode=similar``, page after page (at ``threshold``, else the kept one)."""
+    groups: list[list[str]] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        params: dict[str, Any] = {"limit": 7, "cursor": cursor, "mode": "similar"}
+        if threshold is not None:
+            params["threshold"] = threshold
+        r = await client.get("/duplicates", params=params)
+        assert r.status_code == 200, r.text
+        groups += [g["image_ids"] for g in r.json()["groups"]]
+        cursor = r.json()["next_cursor"]
+    return groups
+
+
+def kept_status(settings: Settings, threshold: float) -> str:
+    """The status of the groups the indexers keep for the default model at ``threshold`` (read in Redis)."""
+    p = settings.redis_prefix
+    with redis.Redis.from_url(settings.redis_server_url, decode_responses=True) as r:
+        gen = r.hget(f"{p}:dup:kept", state_field(DEFAULT_MODEL, threshold))
+        status = r.hget(f"{p}:dup:{gen}:meta", "status") if gen else None
+    return str(status or "none")
+
+
+async def test_similar_groups_are_kept_as_images_are_indexed_and_deleted(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """At the kept threshold, ``/duplicates?mode=similar`` pages the groups the indexers keep at index time
+    (``actors/group_keeper.py``). They equal the groups computed afresh over the whole library (a hair above
+    the threshold: another threshold is computed on demand), after uploads and after deletes."""
+    cut = MeshConfig().near_duplicate_threshold
+    await wait_until("the kept groups built", lambda: kept_status(settings, cut) == "ready", timeout_s=60)
+    moon = photo("moon")
+    ids = await upload_all(
+        client,
+        [jpeg(moon, quality=71), jpeg(flip(moon), quality=72), jpeg(colour_shift(moon), quality=73)],
+        {},
+    )
+    kept = await every_similar_group(client)
+    assert any(set(ids) <= set(g) for g in kept), kept
+    assert kept == await every_similar_group(client, cut + 1e-9)
+
+    for image_id in ids[1:]:  # the original's copies: it is left without its group
+        assert (await client.delete(f"/images/{image_id}")).status_code == 204
+    kept = await every_similar_group(client)
+    assert not {i for g in kept for i in g} & set(ids[1:])
+    assert kept == await every_similar_group(client, cut + 1e-9)
+    assert kept_status(settings, cut) == "ready"  # the answers above came from the kept groups
 
 
 # --- filters and pages -------------------------------------------------------------------------------------

@@ -255,6 +255,7 @@ def bodies() -> list[tuple[Any, Any]]:
             replies.MeshStatus,
             {
                 "version": "0.2.0",
+                "workflow_engine": "jetstream",
                 "servers": {"nats": "ok", "redis": "ok", "s3": "ok", "triton": "down"},
                 "services": {"indexer": 1},
                 "active_model": "m",

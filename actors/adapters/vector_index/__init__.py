@@ -11,7 +11,8 @@ return fewer than k).
 The package, one seam a module (each imports only those above it):
   ``names``    field names, model/image id checks, tag encoding, the schema, ``FT.INFO`` parsing (pure)
   ``queries``  vector checks, the pre-filter, KNN and range queries, replies to ``Hit``s (pure)
-  ``catalog``  ``IndexCatalog``: the client, the per-model indexes (create, cache, list, stats, drop)
+  ``catalog``  ``IndexCatalog``: the client, the per-model indexes (create, cache, list, stats, drop) and
+               which images each holds (scans)
   ``label_search``  ``LabelSearch``: the images that have any of some labels, ranked by their scores
   ``stored``   ``StoredSearch``: KNN by an image's stored vector, its state checked, in one round trip
   ``adapter``  ``VectorIndex``: the documents (upsert, delete, scans) and the queries

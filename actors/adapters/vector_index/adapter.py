@@ -58,6 +58,18 @@ class VectorIndex(StoredSearch):
     ) -> bool:
         """Store or replace one image's vector, its tags and its labels (name -> score); True when the image
         had none (False: a redelivered job)."""
+        return (await self.upsert_changed(model, image_id, vector, tags, labels))[0]
+
+    async def upsert_changed(
+        self,
+        model: str,
+        image_id: str,
+        vector: Sequence[float] | np.ndarray,
+        tags: Mapping[str, str] | None = None,
+        labels: Mapping[str, float] | None = None,
+    ) -> tuple[bool, bool]:
+        """``upsert``, telling also whether a vector it replaced was another one: ``(created, changed)``
+        (a redelivered job stores the same vector again: ``(False, False)``)."""
         key = self.key(model, image_id)
         vec = as_vector(vector)
         await self.ensure_index(model, int(vec.size))
@@ -70,12 +82,13 @@ class VectorIndex(StoredSearch):
             doc[LABEL_SCORES_FIELD] = json.dumps(dict(labels), sort_keys=True)
         with redis_errors("upsert"):
             # DEL + HSET in one MULTI: replaces every field atomically, and DEL's count tells whether it
-            # existed even when two replicas race on the same image
+            # existed even when two replicas race on the same image (the HGET, what it held)
             async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(key, VECTOR_FIELD)
                 pipe.delete(key)
                 pipe.hset(key, mapping=doc)
-                existed, _ = await pipe.execute()
-        return int(existed) == 0
+                before, existed, _ = await pipe.execute()
+        return int(existed) == 0, bool(existed) and before != doc[VECTOR_FIELD]
 
     async def delete(self, image_id: str, model: str | None = None) -> int:
         """Remove an image's vector from one model's index, or from every model's; how many were removed."""
@@ -85,26 +98,6 @@ class VectorIndex(StoredSearch):
             return 0
         with redis_errors("delete"):
             return int(await self._client.delete(*keys))
-
-    async def image_ids(self, model: str) -> list[str]:
-        """Every image id with a vector in the model's index (a SCAN of its keys: O(N), for batch work)."""
-        head = self.key_prefix(model)
-        ids: list[str] = []
-        with redis_errors("scan"):
-            async for key in self._client.scan_iter(match=head + "*", count=1000):
-                ids.append(as_text(key)[len(head) :])
-        return sorted(ids)
-
-    async def present(self, model: str, image_ids: Sequence[str]) -> set[str]:
-        """Which of these images have a vector in the model's index (one pipelined round trip)."""
-        if not image_ids:
-            return set()
-        with redis_errors("present"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for image_id in image_ids:
-                    pipe.exists(self.key(model, image_id))
-                found = await pipe.execute()
-        return {i for i, n in zip(image_ids, found, strict=True) if n}
 
     async def scan_docs(self, cursor: int, count: int) -> tuple[int, list[tuple[str, str, str]]]:
         """One ``SCAN`` step over every model's vectors: the next cursor (0: complete) and, per document,
@@ -154,9 +147,10 @@ class VectorIndex(StoredSearch):
         min_score: float,
         exclude_id: str | None = None,
         filters: Mapping[str, str] | None = None,
+        epsilon: float | None = None,
     ) -> VectorRangeQuery:
         """A ``VECTOR_RANGE`` query for the documents at least ``min_score`` similar (``queries.range_query``)."""
-        return range_query(vector, window, min_score, exclude_id, filters)
+        return range_query(vector, window, min_score, exclude_id, filters, epsilon)
 
     async def query(
         self,
@@ -168,12 +162,14 @@ class VectorIndex(StoredSearch):
         filters: Mapping[str, str] | None = None,
         ef_runtime: int | None = None,
         min_score: float | None = None,
+        epsilon: float | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest images after skipping ``offset``, best first; [] when the model has no index yet.
 
         The exclusion is part of the pre-filter, so KNN never spends a slot on the query image: asking for
         ``k + offset`` and slicing is exact. With ``min_score`` it is a range query instead: only images at
-        least that similar (near-duplicates), still best first and paged the same way.
+        least that similar (near-duplicates), still best first and paged the same way (``epsilon``: its
+        search breadth, ``queries.range_query``).
         """
         self.check_page(k, offset, ef_runtime)
         known = await self._index(model)
@@ -185,7 +181,7 @@ class VectorIndex(StoredSearch):
         if min_score is None:
             q = self.build_query(vec, k + offset, exclude_id or None, filters, ef_runtime)
         else:
-            q = self.build_range_query(vec, k + offset, min_score, exclude_id or None, filters)
+            q = self.build_range_query(vec, k + offset, min_score, exclude_id or None, filters, epsilon)
         with redis_errors("query"):
             try:
                 # redis-py's FT.SEARCH straight: redisvl's own query path re-shapes every result (a dict per
@@ -206,6 +202,7 @@ class VectorIndex(StoredSearch):
         limit: int,
         batch: int = 100,
         max_hits: int | None = None,
+        epsilon: float | None = None,
     ) -> dict[str, list[Hit]]:
         """For each image, the others at least ``min_score`` similar (range queries, pipelined in batches).
 
@@ -222,7 +219,9 @@ class VectorIndex(StoredSearch):
         starts = [0, *range(min(SAMPLE, len(ids)), len(ids), batch)]  # a small sample first
         for start, stop in zip(starts, [*starts[1:], len(ids)], strict=True):
             chunk = ids[start:stop]
-            queries = [range_query(vectors[i], limit, min_score, exclude_id=i) for i in chunk]
+            queries = [
+                range_query(vectors[i], limit, min_score, exclude_id=i, epsilon=epsilon) for i in chunk
+            ]
             with redis_errors("neighbors"):
                 rows = await known.index.batch_query(queries, batch_size=batch)
             for image_id, hits in zip(chunk, rows, strict=True):

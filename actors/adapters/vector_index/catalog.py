@@ -1,6 +1,6 @@
 """The per-model vector indexes over one Redis client: their names, creating one (race-safe between indexer
-replicas), the cache of known indexes with their dimension, listing, stats and dropping them, and refusing
-queries while RediSearch rebuilds an index after a restart.
+replicas), the cache of known indexes with their dimension, listing them and the images each holds, stats and
+dropping them, and refusing queries while RediSearch rebuilds an index after a restart.
 
 ``VectorIndex`` (``adapter.py``) adds the documents and the queries on top of this class.
 """
@@ -8,6 +8,7 @@ queries while RediSearch rebuilds an index after a restart.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -180,6 +181,34 @@ class IndexCatalog:
             names = as_text(await self._client.execute_command("FT._LIST"))
         return sorted(n[len(head) :] for n in names if n.startswith(head) and MODEL_RE.match(n[len(head) :]))
 
+    async def image_ids(self, model: str) -> list[str]:
+        """Every image id with a vector in the model's index (a SCAN of its keys: O(N), for batch work)."""
+        head = self.key_prefix(model)
+        ids: list[str] = []
+        with redis_errors("scan"):
+            async for key in self._client.scan_iter(match=head + "*", count=1000):
+                ids.append(as_text(key)[len(head) :])
+        return sorted(ids)
+
+    async def scan_ids(self, model: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One ``SCAN`` step over the model's vectors: the next cursor (0: complete) and the image ids found.
+        Every image stored for the whole scan is found at least once (a batch job resumes from the cursor)."""
+        head = self.key_prefix(model)
+        with redis_errors("scan"):
+            nxt, keys = await self._client.scan(cursor, match=head + "*", count=count, _type="hash")
+        return int(nxt), [as_text(k)[len(head) :] for k in keys]
+
+    async def present(self, model: str, image_ids: Sequence[str]) -> set[str]:
+        """Which of these images have a vector in the model's index (one pipelined round trip)."""
+        if not image_ids:
+            return set()
+        with redis_errors("present"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for image_id in image_ids:
+                    pipe.exists(self.key(model, image_id))
+                found = await pipe.execute()
+        return {i for i, n in zip(image_ids, found, strict=True) if n}
+
     async def stats(self, model: str) -> IndexStats:
         """The model's index as ``FT.INFO`` sees it (``percent_indexed`` < 1 while Redis rebuilds it)."""
         name = self.index_name(model)
@@ -194,6 +223,11 @@ class IndexCatalog:
             percent_indexed=float(info.get("percent_indexed", 0.0)),
             dim=info_dim(info),
         )
+
+    async def require_loaded(self, model: str) -> None:
+        """``RetryableError`` (``index_loading``) while RediSearch rebuilds the model's index: batch work that
+        must not miss images (the kept groups' build and splits) waits, like a query."""
+        await self._refuse_while_loading(model)
 
     async def _refuse_while_loading(self, model: str) -> None:
         """After a Redis restart RediSearch rebuilds the index in the background; until ``percent_indexed`` is

@@ -132,9 +132,11 @@ def range_query(
     min_score: float,
     exclude_id: str | None = None,
     filters: Mapping[str, str] | None = None,
+    epsilon: float | None = None,
 ) -> VectorRangeQuery:
     """A ``VECTOR_RANGE`` query: every document at least ``min_score`` similar (best first, at most
-    ``window``), with the same pre-filter as KNN. HNSW range search widens by the index's EPSILON (0.01).
+    ``window``), with the same pre-filter as KNN. HNSW range search explores the graph up to the radius
+    widened by ``epsilon`` (None: the index's EPSILON, 0.01): a wider one misses fewer documents.
     """
     return VectorRangeQuery(
         vector=vector.astype(np.float32).tobytes(),
@@ -143,6 +145,7 @@ def range_query(
         filter_expression=filter_expression(filters or {}, exclude_id),
         dtype="float32",
         distance_threshold=score_to_distance(min_score),
+        epsilon=epsilon,
         num_results=window,
     )
 
