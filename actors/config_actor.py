@@ -52,7 +52,9 @@ def add_routes(app: FastAPI, store: ConfigStore, settings: Settings) -> None:
 async def start(proc: ActorProcess) -> ConfigStore:
     """Open and seed the Config DB, then serve ``config.get``/``config.set`` and ``GET /config``."""
     s = proc.settings
-    store = await ConfigStore.open(proc.nc.jetstream(), s.config_bucket, mesh_config_defaults(s))
+    store = await ConfigStore.open(
+        proc.nc.jetstream(), s.config_bucket, mesh_config_defaults(s), replicas=s.stream_replicas
+    )
     seeded = await store.seed()
     log.info("config.seeded", bucket=s.config_bucket, keys=seeded)
 

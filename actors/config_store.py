@@ -39,8 +39,10 @@ class ConfigStore:
         self._reported: set[tuple[str, int]] = set()  # (key, revision) of bad stored values already logged
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, defaults: MeshConfig) -> ConfigStore:
-        """The bucket, created (file storage, with history) when missing."""
+    async def open(
+        cls, js: JetStreamContext, bucket: str, defaults: MeshConfig, replicas: int = 1
+    ) -> ConfigStore:
+        """The bucket, created (file storage, with history, ``replicas`` copies) when missing."""
         try:
             kv = await js.key_value(bucket)
         except BucketNotFoundError:
@@ -50,6 +52,7 @@ class ConfigStore:
                     description="image mesh runtime configuration (config actor)",
                     history=BUCKET_HISTORY,
                     storage=StorageType.FILE,
+                    replicas=replicas,
                     direct=True,
                 )
             )

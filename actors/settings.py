@@ -96,7 +96,17 @@ class EngineSettings(BaseSettings):
     temporal_task_queue: str = "images"  # tests give themselves their own
 
 
-class Settings(EngineSettings):
+class ClusterSettings(EngineSettings):
+    """How the servers are spread over machines (docs/OPERATIONS.md, "Scaling out"; compose.cluster.yaml)."""
+
+    model_config = _MODEL_CONFIG
+
+    # replicas of the work and event streams and of the Config DB bucket: 3 on a three-server NATS cluster;
+    # the bootstrap never lowers what an operator raised on a live stream (actors/streams.py)
+    stream_replicas: int = Field(1, ge=1, le=5)
+
+
+class Settings(ClusterSettings):
     """All settings. Field ``x`` is read from ``MESH_X``."""
 
     model_config = _MODEL_CONFIG

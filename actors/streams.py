@@ -1,10 +1,14 @@
 """The JetStream layout of the mesh: the work stream, the events stream and the coordinator's durable consumer.
 
 Created idempotently by the stack's bootstrap (``ops`` user) and by tests; the coordinator re-asserts its
-consumer at start. Each config carries the storage layout in its metadata (``contract.layout``). Retention is ``limits`` (not work-queue) so that operators can replay past jobs.
+consumer at start. The bootstrap never lowers what an operator raised on a live stream (``kept_raised``:
+replicas, the age, size and count limits, the duplicate window); ``MESH_STREAM_REPLICAS`` sets our replicas. Each config carries the storage layout in its metadata (``contract.layout``). Retention is ``limits`` (not work-queue) so that operators can replay past jobs.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -16,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from actors import contract
 from actors.settings import Settings
@@ -35,6 +39,7 @@ def jobs_stream(s: Settings) -> StreamConfig:
         max_age=JOBS_MAX_AGE_S,
         duplicate_window=DUPLICATE_WINDOW_S,
         discard=DiscardPolicy.OLD,
+        num_replicas=s.stream_replicas,
         metadata=contract.layout_metadata(),
     )
 
@@ -47,6 +52,7 @@ def events_stream(s: Settings) -> StreamConfig:
         storage=StorageType.FILE,
         max_age=EVENTS_MAX_AGE_S,
         discard=DiscardPolicy.OLD,
+        num_replicas=s.stream_replicas,
         metadata=contract.layout_metadata(),
     )
 
@@ -71,12 +77,44 @@ def coordinator_consumer(s: Settings, max_deliver: int, ack_wait_s: float) -> Co
     )
 
 
+# the limits an operator may raise on a live stream, and the value that means "no limit" for each
+_RAISABLE = {"max_age": 0, "max_bytes": -1, "max_msgs": -1, "max_msg_size": -1, "duplicate_window": None}
+
+
+def _higher(ours: Any, theirs: Any, unlimited: Any) -> Any:
+    """The higher of two limits, ``unlimited`` (None: no such value) being the highest; None: not set."""
+    if theirs is None:
+        return ours
+    if ours is None or (unlimited is not None and theirs == unlimited):
+        return theirs
+    if unlimited is not None and ours == unlimited:
+        return ours
+    return max(ours, theirs)
+
+
+def kept_raised(ours: StreamConfig, live: StreamConfig) -> StreamConfig:
+    """Our config for a stream that exists, with what is higher on the live one kept: its replicas and its
+    limits (no limit counts as the highest). What we set is the floor; what an operator raised stays."""
+    raised: dict[str, Any] = {
+        name: _higher(getattr(ours, name), getattr(live, name), unlimited)
+        for name, unlimited in _RAISABLE.items()
+    }
+    raised["num_replicas"] = max(ours.num_replicas or 1, live.num_replicas or 1)
+    return dataclasses.replace(ours, **raised)
+
+
 async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    """Create the stream, or bring a live one to ``cfg`` without lowering what was raised on it."""
+    name = str(cfg.name)
     try:
-        await js.add_stream(cfg)
-    except BadRequestError:
-        # exists with other settings: bring it to ours
-        await js.update_stream(cfg)
+        live = await js.stream_info(name)
+    except NotFoundError:
+        try:
+            await js.add_stream(cfg)
+            return
+        except BadRequestError:  # created meanwhile (another bootstrap): update it below
+            live = await js.stream_info(name)
+    await js.update_stream(kept_raised(cfg, live.config))
 
 
 async def ensure_streams(js: JetStreamContext, s: Settings) -> None:

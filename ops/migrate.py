@@ -168,7 +168,7 @@ class Migrator:
 
     async def config(self, m: Migration) -> None:
         """The Config DB's bucket, stamped on its stream (``KV_<bucket>``)."""
-        await ConfigStore.open(self.js, self.s.config_bucket, MeshConfig())
+        await ConfigStore.open(self.js, self.s.config_bucket, MeshConfig(), replicas=self.s.stream_replicas)
         info = await self.js.stream_info(f"KV_{self.s.config_bucket}")
         if stamped_layout(info.config.metadata) < LAYOUT:
             cfg = info.config
