@@ -38,7 +38,7 @@ CLUSTER = ROOT / "compose.cluster.yaml"
 # the oldest Kubernetes the manifests are meant for (kubernetes-validate 1.37 bundles 1.25 to 1.37)
 KUBERNETES_VERSION = "1.32"
 # variables the cluster files set that actors/settings.py does not read yet (issue #13, point 1 adds them)
-PENDING_SETTINGS = {"MESH_STREAM_REPLICAS", "MESH_REDIS_SENTINELS", "MESH_REDIS_SENTINEL_MASTER"}
+PENDING_SETTINGS = {"MESH_REDIS_SENTINELS", "MESH_REDIS_SENTINEL_MASTER"}  # issue #13 point 1: not read yet
 KNOWN_SETTINGS = {f"MESH_{name.upper()}" for name in Settings.model_fields} | PENDING_SETTINGS
 PROCESSES = ("gateway", "coordinator", "config", "indexer")
 REPLICAS = {"gateway": 2, "coordinator": 2, "config": 1, "indexer": 2}
@@ -205,7 +205,7 @@ def test_each_pod_holds_its_own_credentials_and_passes_the_production_check(
     assert s.profile == "production"
     assert s.nats_password(user) == f"<secret MESH_NATS_PASSWORD_{user.upper()}>"
     # the addresses are the Services'
-    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton:8001"
+    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton-1:8001,triton-2:8001"
     assert s.redis_url_for("gateway").endswith("@redis:6379/0")
     for service, port in (("nats", 4222), ("triton", 8001), ("redis", 6379)):
         assert port in [p["port"] for p in k8s["Service", service]["spec"]["ports"]]
@@ -391,7 +391,7 @@ def test_cluster_environment_passes_the_production_check(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     s = Settings()
-    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton:8001"
+    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton-1:8001,triton-2:8001"
     assert env["MESH_STREAM_REPLICAS"] == "3"
     user = "ops" if name == "bootstrap" else process
     assert s.nats_password(user) == f"mesh_nats_password_{user}-secret"
