@@ -205,7 +205,7 @@ def test_each_pod_holds_its_own_credentials_and_passes_the_production_check(
     assert s.profile == "production"
     assert s.nats_password(user) == f"<secret MESH_NATS_PASSWORD_{user.upper()}>"
     # the addresses are the Services'
-    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton-1:8001,triton-2:8001"
+    assert s.nats_server_url == "nats://nats:4222" and s.triton_grpc_url == "triton:8001"
     assert s.redis_url_for("gateway").endswith("@redis:6379/0")
     for service, port in (("nats", 4222), ("triton", 8001), ("redis", 6379)):
         assert port in [p["port"] for p in k8s["Service", service]["spec"]["ports"]]
