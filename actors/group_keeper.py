@@ -22,6 +22,7 @@ Pages (``page``) read one consistent snapshot in one script: O(log N + page) Red
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -32,6 +33,8 @@ from prometheus_client import Counter, Histogram
 from actors import duplicates
 from actors.adapters.group_store import GroupsPage, GroupStore, KeptState
 from actors.adapters.vector_index import VectorIndex
+from actors.contract import Hit
+from actors.errors import RetryableError
 
 log = structlog.get_logger("groups")
 
@@ -40,6 +43,8 @@ MAX_NEIGHBORS = 1_000  # a range query's LIMIT (components still join through th
 # 0.01, missed 49 of 3,672 pairs of 1,500 clustered 1280-d vectors inserted one by one: an insert's query is
 # the only one that sees its pair; 0.5 missed none, at the same 0.5 ms a query, and on 4,000 256-d vectors too)
 RANGE_EPSILON = 0.5
+LOADING_WAIT_S = 10.0  # how long an upsert's range query waits for an index RediSearch is still scanning
+LOADING_POLL_S = 0.05
 INLINE_SPLIT = 256  # a delete re-splits a group this small before it answers; a larger one in the background
 SPLIT_TRIES = 3  # compare-and-set attempts of one split before it is left to the next round
 MAX_PAGE_IDS = 100_000  # images in one page of groups (about 3.5 MB of JSON; NATS carries at most 8 MB)
@@ -74,20 +79,33 @@ class GroupKeeper:
             start = time.perf_counter()
             if changed:
                 await self._leave(state, image_id)
-            hits = await self.index.query(
-                model,
-                vector,
-                MAX_NEIGHBORS,
-                exclude_id=image_id,
-                min_score=state.threshold,
-                epsilon=RANGE_EPSILON,
-            )
+            hits = await self._neighbours(model, vector, image_id, state.threshold)
             head = self.index.key_prefix(model)
             moved = await self.store.join(state, head, image_id, [h.image_id for h in hits])
             JOIN_SECONDS.labels(model).observe(time.perf_counter() - start)
             log.debug(
                 "groups.joined", image_id=image_id, state=state.field, neighbours=len(hits), moved=moved
             )
+
+    async def _neighbours(self, model: str, vector: np.ndarray, image_id: str, threshold: float) -> list[Hit]:
+        """The range query of a vector just written. An index RediSearch is still scanning (the first upsert
+        of a model creates it) answers "loading" for a moment: wait for it, up to ``LOADING_WAIT_S``, rather
+        than fail an upsert whose vector is written already (its retry would process the image again)."""
+        deadline = time.monotonic() + LOADING_WAIT_S
+        while True:
+            try:
+                return await self.index.query(
+                    model,
+                    vector,
+                    MAX_NEIGHBORS,
+                    exclude_id=image_id,
+                    min_score=threshold,
+                    epsilon=RANGE_EPSILON,
+                )
+            except RetryableError as e:
+                if e.code != "index_loading" or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(LOADING_POLL_S)
 
     async def deleted(self, image_id: str, model: str | None = None) -> None:
         """Take an image whose vector is gone (from ``model``'s index, or every index) out of the kept

@@ -25,10 +25,10 @@ from actors.adapters.copy_pairs import CopyPairs
 from actors.adapters.embedder import Embedder
 from actors.adapters.events import Events
 from actors.adapters.index_client import IndexClient
+from actors.adapters.job_queues import job_queue_for
 from actors.adapters.object_store import ObjectStore
 from actors.adapters.record_index import RecordIndex
 from actors.adapters.redis_client import redis_client
-from actors.adapters.temporal_jobs import job_queue_for
 from actors.adapters.vector_index import VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
 from actors.decode_budget import DecodeBudget

@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors import contract
-from actors.adapters.temporal_jobs import TemporalJobQueue
 from actors.errors import MeshError
 from actors.settings import package_version
 from gateway.deps import Services, services
@@ -115,8 +114,9 @@ async def status(request: Request) -> MeshStatus:
         body["resources"] = {k: _builtins(u) for k, u in (await svc.admission.usage(cfg)).items()}
     except MeshError as e:
         body["resources"] = {"error": e.message}
-    if isinstance(svc.jobs, TemporalJobQueue):  # the worker answers as the coordinator service
-        body["servers"]["temporal"] = await svc.jobs.health()
+    engine = await svc.jobs.health()  # Temporal's frontend (its worker answers as the coordinator service)
+    if engine is not None:
+        body["servers"]["temporal"] = engine
     for name in (contract.CONFIG_SERVICE, contract.INDEXER_SERVICE, contract.COORDINATOR_SERVICE):
         body["services"].setdefault(name, 0)
     return body

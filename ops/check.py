@@ -40,7 +40,6 @@ from actors.reconcile_rules import Kind, indexed_twice, policy_for
 from actors.reconcile_scan import START, Inspector, Source, StreamJobs
 from actors.rpc import call
 from actors.settings import Settings
-from ops.check_temporal import temporal_anomalies
 
 EXIT_OK, EXIT_ANOMALIES, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 4
 BATCH = 500
@@ -151,6 +150,8 @@ async def report_for(settings: Settings, nc: Client, grace_s: float | None = Non
             )
             report = await check(inspector, vectors, cfg, grace_s, labelled=labelled)
             if settings.workflow_engine == "temporal":  # the engine's side (ops/check_temporal.py)
+                from ops.check_temporal import temporal_anomalies  # Temporal's SDK only when it is the engine
+
                 policy = policy_for(cfg, await inspector.jobs.facts(), grace_s=grace_s, labelled=labelled)
                 found, scanned = await temporal_anomalies(settings, store, policy.stuck_after_s)
                 report.add(found, "workflows", scanned)

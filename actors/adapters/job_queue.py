@@ -87,6 +87,10 @@ class JobQueue:
         """Build the record's job (see ``job_for``) and publish it."""
         return await self.publish(job_for(rec, attempt=attempt, models=models, cause=cause), msg_id=msg_id)
 
+    async def health(self) -> str | None:
+        """What is wrong with the engine's own server, ``ok``, or None when it has none apart from NATS."""
+        return None
+
     async def dead_letter(self, dead: DeadLetter) -> None:
         """Store a job that was given up on ``contract.DEAD_SUBJECT`` (in the same stream, so operators can
         replay it), once per (image, attempt): a repeat is dropped by its ``Nats-Msg-Id``."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from functools import partial
 
 from nats.js import JetStreamContext
 from temporalio.client import Client
@@ -80,7 +79,7 @@ class TemporalJobQueue(JobQueue):
             return self._client
 
     async def health(self) -> str:
-        """``ok``, or what is wrong with Temporal's frontend (``GET /status``)."""
+        """``ok``, or what is wrong with Temporal's frontend (``GET /status``'s ``servers.temporal``)."""
         try:
             client = await self.client()
             healthy = await client.service_client.check_health(timeout=timedelta(seconds=2))
@@ -109,10 +108,3 @@ class TemporalJobQueue(JobQueue):
         except Exception as e:  # broad on purpose: not started means not stored, whatever the reason
             raise RetryableError(f"job queue unavailable: {type(e).__name__}: {e}") from e
         return Published(job=job, seq=0)
-
-
-def job_queue_for(settings: Settings, js: JetStreamContext) -> JobQueue:
-    """The job queue of the configured workflow engine (``MESH_WORKFLOW_ENGINE``)."""
-    if settings.workflow_engine == "temporal":
-        return TemporalJobQueue(js, partial(connect_temporal, settings), settings.temporal_task_queue)
-    return JobQueue(js)

@@ -169,9 +169,13 @@ def test_indexer_cannot_read_or_write_records(chaos_settings: Settings) -> None:
                 ["SET", f"{p}:emb:{MODEL}:{probe}", "x"],
                 ["HSET", f"{p}:upload_intents", "k", "v"],
                 ["SET", f"{p}:switch:last", "evil"],
-                ["EVALSHA", "0" * 40, "0"],  # no scripts at all
+                ["EVAL", "return 1", "0"],  # scripts only by their SHA (the groups' own, loaded first)
             ):
                 refused(ix, *command)
+            # its scripts (the near-duplicate groups') reach its keys only: a loaded script given a record
+            # key is refused before it runs
+            sha = ix.script_load("return redis.call('HGET', KEYS[1], 'status')")
+            refused(ix, "EVALSHA", sha, "1", f"{p}:image:{probe}")
             assert ops.hgetall(f"{p}:image:{probe}") == {b"status": b"done"}
             assert not ops.exists(
                 f"{p}:sha:{'0' * 64}", f"{p}:emb:{MODEL}:{probe}", f"{p}:image:{probe}:history"

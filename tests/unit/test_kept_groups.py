@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 
 from actors.contract import MeshConfig
@@ -103,3 +104,40 @@ def test_a_split_matches_the_components_of_what_is_left() -> None:
         assert sorted(p for p in parts if len(p) > 1) == connected_components(members, edges)
         assert [len(p) for p in parts] == sorted((len(p) for p in parts), reverse=True)
         assert all(p == sorted(p) for p in parts)
+
+
+async def test_an_upsert_into_an_index_still_being_scanned_waits_for_it_instead_of_failing() -> None:
+    """The first upsert of a model creates its index; RediSearch answers "loading" while it scans. The join
+    waits (the vector is written already: failing would make the coordinator process the image again)."""
+    from actors.adapters.group_store import KeptState
+    from actors.errors import RetryableError
+    from actors.group_keeper import GroupKeeper
+
+    class Index:
+        def __init__(self) -> None:
+            self.loading = 2
+
+        async def query(self, *args: object, **kwargs: object) -> list[object]:
+            if self.loading:
+                self.loading -= 1
+                raise RetryableError("the index is loading (0% indexed)", code="index_loading")
+            return []
+
+        def key_prefix(self, model: str) -> str:
+            return f"p:vec:{model}:"
+
+    class Store:
+        def __init__(self) -> None:
+            self.joined: list[str] = []
+
+        async def states(self, model: str | None = None) -> list[KeptState]:
+            return [KeptState(field="m|0.9", gen="1", model="m", threshold=0.9)]
+
+        async def join(self, state: KeptState, head: str, image_id: str, neighbours: list[str]) -> int:
+            self.joined.append(image_id)
+            return 1
+
+    index, store = Index(), Store()
+    keeper = GroupKeeper(index, store)  # type: ignore[arg-type]
+    await keeper.upserted("m", "img", np.zeros(4, dtype=np.float32))
+    assert index.loading == 0 and store.joined == ["img"]
