@@ -135,13 +135,7 @@ def _queries(d: dict[str, Any]) -> list[str]:
         "`raw_recall_at_10`: the same `FT.SEARCH` the gateway sends (KNN 10, the query image excluded by a "
         "pre-filter, the same EF_RUNTIME), through redis-py. `query_p50_overhead_ms` and "
         "`query_p99_overhead_ms` are gateway minus raw, `query_p50_ratio` gateway over raw, run by run. "
-        "`query_nats_p50_ms`: the same query through the indexer's `index.query` over NATS."
-        + (
-            f" The timed queries start once the indexers have built the index's near-duplicate groups, which "
-            f"a new active model gets in the background (took {d['groups_build_s']} s, untimed)."
-            if "groups_build_s" in d
-            else ""
-        ),
+        "`query_nats_p50_ms`: the same query through the indexer's `index.query` over NATS.",
     ]
     return out
 

@@ -9,7 +9,6 @@ The exact neighbours come from numpy (cosine, brute force).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import redis
-import redis.asyncio as aioredis
 
-from actors.adapters.group_store import GroupStore
 from actors.adapters.index_client import IndexClient
 from actors.adapters.vector_index import ID_FIELD, TAGS_FIELD, VECTOR_FIELD, VectorIndex
 from actors.adapters.workflow_store import WorkflowStore
@@ -131,31 +128,6 @@ def wait_quiet(redis_url: str, index_name: str, timeout_s: float = 1800) -> None
         raise RuntimeError(f"Redis still busy with {index_name} after {timeout_s:.0f} s")
     finally:
         r.close()
-
-
-async def wait_groups_built(
-    bench: BenchStack, model: str, appear_s: float = 30, timeout_s: float = 1800
-) -> float:
-    """Until the indexers have built the near-duplicate groups of ``model``, the active model now: a new
-    active model's groups are built in the background (a range query per image, actors/group_upkeep.py),
-    which would land in the query figures as the copy checks would in the ingest's. Returns the seconds
-    waited (0 when no state of ``model`` appears within ``appear_s``: nothing is kept for it)."""
-    r = aioredis.Redis.from_url(bench.settings.redis_server_url)
-    store = GroupStore(r, bench.settings.redis_prefix)
-    start = time.monotonic()
-    try:
-        while True:
-            states = await store.states(model)
-            waited = time.monotonic() - start
-            if states and all(s.status == "ready" for s in states):
-                return waited
-            if (not states and waited > appear_s) or waited > timeout_s:
-                if states:
-                    raise RuntimeError(f"the groups of {model} not built after {timeout_s:.0f} s")
-                return 0.0
-            await asyncio.sleep(0.5)
-    finally:
-        await r.aclose()
 
 
 @dataclass

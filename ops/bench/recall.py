@@ -88,8 +88,6 @@ async def realistic_queries(
     await bench.set_config("ef_runtime", chosen)
     await bench.set_config("active_model", model)  # /similar reads the query image's vector under it
     try:
-        # its near-duplicate groups are built in the background first: not during the timed queries
-        res.details["groups_build_s"] = round(await query.wait_groups_built(bench, model), 1)
         gw, raw = [], []
         for _ in range(plan.reps):
             gw.append(query.gateway_pass(bench, evaluation))
